@@ -1,0 +1,91 @@
+"""The `mnist` command: dispatch on the first word, hand the rest to that subcommand's Hydra app.
+
+`@hydra.main` parses sys.argv itself, so each subcommand gets its own primary config
+(conf/<command>.yaml) and keeps -m, --cfg, --help and hydra.* overrides. Nothing here imports
+torch: `mnist --help` and `mnist train --help` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+COMMANDS = {
+    "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
+}
+
+USAGE = f"""usage: mnist <command> [KEY=VALUE ...] [-m] [--cfg job] [--help]
+
+Train, evaluate and run small image classifiers on MNIST and FashionMNIST.
+
+commands:
+{chr(10).join(f"  {name:<8} {text}" for name, text in COMMANDS.items())}
+
+examples:
+  mnist train                                   # MNIST, cnn, adam, device=auto
+  mnist train model=lenet optimizer=sgd optimizer.lr=0.05 epochs=5
+  mnist train -m model=mlp,cnn optimizer=sgd,adam
+  mnist train --help                            # config groups and every key
+
+data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, FashionMNIST/raw/)
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if args[0] in ("-V", "--version"):
+        from mnist_cli import __version__
+
+        print(f"mnist-cli {__version__}")
+        return 0
+    command = args[0]
+    if command not in COMMANDS:
+        print(f"mnist: '{command}' is not a command; choose one of: {', '.join(COMMANDS)} (see mnist --help).", file=sys.stderr)
+        return 2
+    return run_hydra_app(command, args[1:])
+
+
+def run_hydra_app(command: str, args: List[str]) -> int:
+    """Run conf/<command>.yaml's Hydra app with `args`; config errors exit 2, like other usage errors."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnist_cli.config import register_configs, validate
+    from mnist_cli.errors import UserError
+
+    register_configs()
+    task_started = False
+
+    def task(cfg):
+        nonlocal task_started
+        task_started = True
+        runtime = HydraConfig.get()
+        try:
+            validate(cfg)
+            from mnist_cli import train  # torch is imported here, after the config is known good
+
+            return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=list(runtime.overrides.task))
+        except UserError as error:
+            from mnist_cli.runs import discard_unstarted
+
+            discard_unstarted(runtime.runtime.output_dir)
+            print(f"mnist {command}: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    task.__module__ = __name__
+    app = hydra.main(config_path="pkg://mnist_cli.conf", config_name=command, version_base="1.3")(task)
+    saved_argv = sys.argv
+    sys.argv = [f"mnist {command}", *args]
+    try:
+        app()
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        # Hydra exits 1 when it rejects the command line or the config, before our task starts.
+        return 2 if code == 1 and not task_started else code
+    finally:
+        sys.argv = saved_argv
+    return 0

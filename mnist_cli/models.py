@@ -1,0 +1,98 @@
+"""The classifiers (mlp, cnn, lenet), built from their config, and a per-layer summary."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from mnist_cli.errors import UserError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+
+
+def mlp(cfg, num_classes: int) -> nn.Module:
+    """Flatten, then Linear -> activation -> dropout per hidden size, then the classifier."""
+    layers: List[nn.Module] = [nn.Flatten()]
+    width = 28 * 28
+    for size in cfg.hidden:
+        layers += [nn.Linear(width, size), ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(cfg, num_classes: int) -> nn.Module:
+    """Three blocks of conv 3x3 -> batch norm -> ReLU -> max pool (28 -> 14 -> 7 -> 3), then a small head."""
+    layers: List[nn.Module] = []
+    in_channels = 1
+    for out_channels in cfg.channels:
+        layers += [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+        in_channels = out_channels
+    layers += [
+        nn.Flatten(),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(in_channels * 3 * 3, cfg.hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(cfg.hidden, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
+def lenet(cfg, num_classes: int) -> nn.Module:
+    """LeNet-5 with ReLU and max pooling."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )  # fmt: skip
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "lenet": lenet}
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """Return the untrained model named by cfg.name."""
+    if cfg.name not in MODELS:
+        raise UserError(f"model.name={cfg.name!r} is not a model; choose one of {', '.join(MODELS)}.")
+    return MODELS[cfg.name](cfg, num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def layer_summary(model: nn.Module) -> List[Dict]:
+    """Return one row per leaf layer: name, type, output shape for one 28x28 image, parameter count."""
+    rows: List[Dict] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if list(module.children()):
+            continue
+
+        def record(mod, _inputs, output, name=name):
+            shape = tuple(output.shape[1:])
+            params = sum(p.numel() for p in mod.parameters(recurse=False))
+            rows.append({"name": name, "type": type(mod).__name__, "output": shape, "params": params})
+
+        hooks.append(module.register_forward_hook(record))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 28, 28, device=device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return rows

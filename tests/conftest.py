@@ -1,0 +1,83 @@
+"""Fixtures: small synthetic IDX datasets in torchvision's raw layout, and a way to run `mnist`."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IDX_NAMES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+TRAIN_SIZE = 600
+TEST_SIZE = 200
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n images whose class is learnable: class k is a bright bar at its own place, plus noise and jitter."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        top = 3 + (k // 5) * 12 + rng.integers(-1, 2)
+        left = 2 + (k % 5) * 5 + rng.integers(-1, 2)
+        images[i, top : top + 9, left : left + 4] = 255
+    return images, labels
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    magic = 0x0800 | array.ndim  # unsigned byte data, ndim dimensions
+    payload = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+    if compress:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data root holding MNIST (gzipped files) and FashionMNIST (uncompressed files)."""
+    root = tmp_path_factory.mktemp("data")
+    for folder, compress, seed in (("MNIST", True, 1), ("FashionMNIST", False, 2)):
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True)
+        for split, n in (("train", TRAIN_SIZE), ("test", TEST_SIZE)):
+            images, labels = synthetic_digits(n, seed if split == "train" else seed + 100)
+            write_idx(raw / IDX_NAMES[(split, "images")], images, compress)
+            write_idx(raw / IDX_NAMES[(split, "labels")], labels, compress)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cli_env(data_root, tmp_path_factory) -> dict:
+    """Environment for `mnist` subprocesses: synthetic data, a private cache, no terminal, 2 threads."""
+    env = dict(os.environ)
+    env.update(
+        MNIST_DATA_ROOT=str(data_root),
+        XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
+        OMP_NUM_THREADS="2",
+        COLUMNS="200",
+    )
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+MNIST_COMMAND = str(Path(sys.executable).with_name("mnist"))
+QUICK = ["data.val_size=100", "epochs=2", "batch_size=50", "device=cpu"]
+
+
+def run_mnist(*args: str, cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `mnist` console script the way a user would."""
+    return subprocess.run(
+        [MNIST_COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
