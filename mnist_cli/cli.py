@@ -76,7 +76,6 @@ def run_hydra_app(command: str, args: List[str]) -> int:
             print(f"mnist {command}: {error}", file=sys.stderr)
             sys.exit(2)
 
-    task.__module__ = __name__
     app = hydra.main(config_path="pkg://mnist_cli.conf", config_name=command, version_base="1.3")(task)
     saved_argv = sys.argv
     sys.argv = [f"mnist {command}", *args]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
 from contextlib import contextmanager
 from typing import Dict, Iterator, List
 
@@ -17,10 +16,6 @@ from rich.table import Table
 
 log = logging.getLogger("mnist_cli")
 console = Console(highlight=False)
-
-
-def interactive() -> bool:
-    return sys.stdout.isatty() and console.is_terminal
 
 
 def say(message: str) -> None:
@@ -65,7 +60,7 @@ def epoch_line(m: Dict, epochs: int) -> str:
 @contextmanager
 def batch_progress(description: str, total: int) -> Iterator:
     """Yield advance(); a live bar over the batches in a terminal, nothing otherwise (CI logs)."""
-    if not interactive():
+    if not console.is_terminal:
         yield lambda: None
         return
     with Progress(

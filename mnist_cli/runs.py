@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 CHECKPOINT_FORMAT = "mnist-cli-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -82,11 +82,6 @@ def point_latest(link: Path, run_dir: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(run_dir.resolve(), link.parent.resolve()), tmp)
     os.replace(tmp, link)
-
-
-def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def discard_unstarted(run_dir: Path) -> None:

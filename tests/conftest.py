@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 IDX_NAMES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -22,15 +23,24 @@ TRAIN_SIZE = 600
 TEST_SIZE = 200
 
 
-def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n images whose class is learnable: class k is a bright bar at its own place, plus noise and jitter."""
+def synthetic_glyphs(n: int, seed: int, glyphs: str) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 images of glyphs[label] drawn in a random size, angle and weight, MNIST style:
+    white ink on black, scaled into a 20x20 box and centred. The class is in the shape, so it
+    survives cropping and re-centring (what `mnist predict` does to image files)."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, k in enumerate(labels):
-        top = 3 + (k // 5) * 12 + rng.integers(-1, 2)
-        left = 2 + (k % 5) * 5 + rng.integers(-1, 2)
-        images[i, top : top + 9, left : left + 4] = 255
+    labels = rng.integers(0, len(glyphs), n).astype(np.uint8)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        font = ImageFont.load_default(size=int(rng.integers(28, 44)))
+        canvas = Image.new("L", (64, 64))
+        ImageDraw.Draw(canvas).text((12, 4), glyphs[label], fill=255, font=font, stroke_width=int(rng.integers(0, 3)), stroke_fill=255)
+        canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+        glyph = canvas.crop(canvas.getbbox())
+        scale = 20 / max(glyph.size)
+        glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS)
+        image = Image.new("L", (28, 28))
+        image.paste(glyph, ((28 - glyph.width) // 2, (28 - glyph.height) // 2))
+        images[i] = np.asarray(image)
     return images, labels
 
 
@@ -48,11 +58,11 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
 def data_root(tmp_path_factory) -> Path:
     """A data root holding MNIST (gzipped files) and FashionMNIST (uncompressed files)."""
     root = tmp_path_factory.mktemp("data")
-    for folder, compress, seed in (("MNIST", True, 1), ("FashionMNIST", False, 2)):
+    for folder, compress, seed, glyphs in (("MNIST", True, 1, "0123456789"), ("FashionMNIST", False, 2, "TPDCSHBAKN")):
         raw = root / folder / "raw"
         raw.mkdir(parents=True)
         for split, n in (("train", TRAIN_SIZE), ("test", TEST_SIZE)):
-            images, labels = synthetic_digits(n, seed if split == "train" else seed + 100)
+            images, labels = synthetic_glyphs(n, seed if split == "train" else seed + 100, glyphs)
             write_idx(raw / IDX_NAMES[(split, "images")], images, compress)
             write_idx(raw / IDX_NAMES[(split, "labels")], labels, compress)
     return root
