@@ -12,6 +12,8 @@ from typing import List, Optional
 
 COMMANDS = {
     "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
+    "eval": "metrics of a trained run on a split; exit 1 below min_accuracy (CI gate)",
+    "predict": "classify image files or dataset samples with a trained run",
 }
 
 USAGE = f"""usage: mnist <command> [KEY=VALUE ...] [-m] [--cfg job] [--help]
@@ -26,6 +28,8 @@ examples:
   mnist train model=lenet optimizer=sgd optimizer.lr=0.05 epochs=5
   mnist train -m model=mlp,cnn optimizer=sgd,adam
   mnist train --help                            # config groups and every key
+  mnist eval run=latest min_accuracy=0.99
+  mnist predict run=latest inputs=[digit.png,photos/]
 
 data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, FashionMNIST/raw/)
 """
@@ -49,30 +53,55 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_hydra_app(command, args[1:])
 
 
+def _train(cfg, runtime):
+    """Returns (the metric a sweeper optimises, exit code)."""
+    from mnist_cli.config import validate
+
+    validate(cfg)
+    from mnist_cli import train  # torch is imported here, after the config is known good
+
+    return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=list(runtime.overrides.task)), 0
+
+
+def _eval(cfg, runtime):
+    from mnist_cli.evaluate import evaluate_command
+
+    return None, evaluate_command(cfg)
+
+
+def _predict(cfg, runtime):
+    from mnist_cli.predict import predict_command
+
+    return None, predict_command(cfg, runtime.runtime.output_dir)
+
+
+RUNNERS = {"train": _train, "eval": _eval, "predict": _predict}
+
+
 def run_hydra_app(command: str, args: List[str]) -> int:
     """Run conf/<command>.yaml's Hydra app with `args`; config errors exit 2, like other usage errors."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from mnist_cli.config import register_configs, validate
+    from mnist_cli.config import register_configs
     from mnist_cli.errors import UserError
 
     register_configs()
     task_started = False
+    exit_code = 0
 
     def task(cfg):
-        nonlocal task_started
+        nonlocal task_started, exit_code
         task_started = True
         runtime = HydraConfig.get()
         try:
-            validate(cfg)
-            from mnist_cli import train  # torch is imported here, after the config is known good
-
-            return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=list(runtime.overrides.task))
+            result, exit_code = RUNNERS[command](cfg, runtime)
+            return result
         except UserError as error:
-            from mnist_cli.runs import discard_unstarted
+            if command != "eval":  # eval writes into the evaluated run, it makes no folder of its own
+                from mnist_cli.runs import discard_unstarted
 
-            discard_unstarted(runtime.runtime.output_dir)
+                discard_unstarted(runtime.runtime.output_dir)
             print(f"mnist {command}: {error}", file=sys.stderr)
             sys.exit(2)
 
@@ -87,4 +116,4 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         return 2 if code == 1 and not task_started else code
     finally:
         sys.argv = saved_argv
-    return 0
+    return exit_code

@@ -201,6 +201,42 @@ class TrainConfig:
     resume: Optional[str] = None
 
 
+@dataclass
+class SourceDataConfig:
+    """Where eval/predict read a run's dataset: null root means the root the run trained with."""
+
+    root: Optional[str] = "${oc.env:MNIST_DATA_ROOT,null}"
+    download: bool = True
+
+
+@dataclass
+class EvalConfig:
+    run: str = MISSING  # a run folder, a checkpoint file, or latest
+    split: str = "test"  # test | val | train
+    min_accuracy: Optional[float] = None
+    format: str = "table"  # table | json
+    device: str = "auto"
+    batch_size: int = 1000
+    outputs_dir: str = "outputs"
+    data: SourceDataConfig = field(default_factory=SourceDataConfig)
+
+
+@dataclass
+class PredictConfig:
+    run: str = MISSING
+    inputs: List[str] = field(default_factory=list)  # image files and folders
+    indices: List[int] = field(default_factory=list)  # samples of `split`
+    split: str = "test"
+    recursive: bool = False
+    topk: int = 3
+    save_inputs: bool = False
+    format: str = "table"
+    device: str = "auto"
+    batch_size: int = 1000
+    outputs_dir: str = "outputs"
+    data: SourceDataConfig = field(default_factory=SourceDataConfig)
+
+
 GROUP_SCHEMAS = {
     "model": {"mlp": MLPConfig, "cnn": CNNConfig, "lenet": LeNetConfig},
     "optimizer": {
@@ -226,6 +262,8 @@ def register_configs() -> None:
     register_resolvers()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    store.store(name="eval_schema", node=EvalConfig)
+    store.store(name="predict_schema", node=PredictConfig)
     for group, options in GROUP_SCHEMAS.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)

@@ -55,13 +55,6 @@ def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Load a checkpoint without running any pickled code (weights_only=True)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
     """Append one epoch to metrics.jsonl and metrics.csv (header written with the first row)."""
     with open(run_dir / "metrics.jsonl", "a") as f:
@@ -87,7 +80,7 @@ def point_latest(link: Path, run_dir: Path) -> None:
 def discard_unstarted(run_dir: Path) -> None:
     """Remove a run folder that holds only what Hydra wrote before the run failed to start."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
         return
     entries = {p.name for p in run_dir.iterdir()}
     if not entries <= {".hydra", "train.log", "checkpoints"}:

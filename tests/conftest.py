@@ -25,7 +25,7 @@ TEST_SIZE = 200
 
 def synthetic_glyphs(n: int, seed: int, glyphs: str) -> tuple[np.ndarray, np.ndarray]:
     """n 28x28 images of glyphs[label] drawn in a random size, angle and weight, MNIST style:
-    white ink on black, scaled into a 20x20 box and centred. The class is in the shape, so it
+    white ink on black, scaled into a 20x20 box, centre of mass in the middle. The class is in the shape, so it
     survives cropping and re-centring (what `mnist predict` does to image files)."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(glyphs), n).astype(np.uint8)
@@ -38,8 +38,12 @@ def synthetic_glyphs(n: int, seed: int, glyphs: str) -> tuple[np.ndarray, np.nda
         glyph = canvas.crop(canvas.getbbox())
         scale = 20 / max(glyph.size)
         glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS)
+        ink = np.asarray(glyph, dtype=np.float64)
+        ys, xs = np.indices(ink.shape)
+        top = int(np.clip(round(14 - (ys * ink).sum() / ink.sum()), 0, 28 - glyph.height))
+        left = int(np.clip(round(14 - (xs * ink).sum() / ink.sum()), 0, 28 - glyph.width))
         image = Image.new("L", (28, 28))
-        image.paste(glyph, ((28 - glyph.width) // 2, (28 - glyph.height) // 2))
+        image.paste(glyph, (left, top))  # centre of mass at the centre, as MNIST did
         images[i] = np.asarray(image)
     return images, labels
 

@@ -1,0 +1,146 @@
+"""`mnist eval`: a checkpoint's loss, accuracy, per-class metrics and confusion matrix on a split.
+
+Writes <run>/eval/<split>.json, <split>_confusion.png and <split>_errors.png; exits 1 when
+accuracy is below min_accuracy (the CI gate).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cli import console, figures, runs
+from mnist_cli.checkpoints import Trained, load_trained
+from mnist_cli.data import Split, load_dataset, load_train_data, normalize
+from mnist_cli.errors import UserError
+from mnist_cli.train import resolve_device
+
+SPLITS = ("test", "val", "train")
+
+
+def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split:
+    """The split the user asked for, from the run's dataset (val/train: the run's own fixed split)."""
+    run_cfg = trained.config
+    root = cfg.data.root if cfg.data.root is not None else run_cfg.data.root
+    if cfg.split == "test":
+        test = load_dataset(root, run_cfg.dataset.folder, train=False, download=cfg.data.download)
+        return Split(test.images.to(device), test.labels.to(device))
+    train_cfg = OmegaConf.merge(run_cfg, {"data": {"root": root, "download": cfg.data.download}})
+    data = load_train_data(train_cfg, device)
+    return data.val if cfg.split == "val" else data.train
+
+
+@torch.no_grad()
+def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (N, classes) for uint8 images (N, 28, 28) already on the model's device."""
+    chunks = [
+        trained.model(normalize(images[i : i + batch_size], trained.mean, trained.std))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks).float()
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list) -> Dict:
+    """Loss, accuracy, macro F1, per-class precision/recall/F1/support, and the confusion matrix
+    (rows: true class, columns: predicted class)."""
+    n_classes = len(classes)
+    predicted = logits.argmax(1)
+    confusion = torch.bincount(labels * n_classes + predicted, minlength=n_classes**2).view(n_classes, n_classes)
+    confusion = confusion.cpu().double()
+    hits, support, claimed = confusion.diag(), confusion.sum(1), confusion.sum(0)
+    precision = torch.where(claimed > 0, hits / claimed.clamp(min=1), torch.zeros_like(hits))
+    recall = torch.where(support > 0, hits / support.clamp(min=1), torch.zeros_like(hits))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(hits))
+    return {
+        "samples": len(labels),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (hits.sum() / len(labels)).item(),
+        "macro_f1": f1.mean().item(),
+        "per_class": [
+            {"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())
+        ],
+        "confusion_matrix": confusion.long().tolist(),
+    }
+
+
+def show_report(report: Dict) -> None:
+    from rich.table import Table
+
+    console.console.print(
+        f"[bold]{report['dataset']} {report['split']}[/bold] ({report['samples']} images), "
+        f"{report['model']} from {report['checkpoint']}\n"
+        f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}"
+    )
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+    console.console.print(per_class)
+    confusion = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for name in report["classes"]:
+        confusion.add_column(name[:7], justify="right")
+    for name, row in zip(report["classes"], report["confusion_matrix"]):
+        diagonal = report["classes"].index(name)
+        confusion.add_row(name, *(f"[bold]{v}[/bold]" if i == diagonal else (str(v) if v else "·") for i, v in enumerate(row)))
+    console.console.print(confusion)
+
+
+def evaluate_command(cfg: DictConfig) -> int:
+    """Run `mnist eval`; returns the exit code (1 when below min_accuracy)."""
+    if OmegaConf.is_missing(cfg, "run"):
+        raise UserError("eval needs run=<run folder | checkpoint.pt | latest>.")
+    if cfg.split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r}).")
+    if cfg.format not in ("table", "json"):
+        raise UserError(f"format must be table or json (got {cfg.format!r}).")
+    if cfg.min_accuracy is not None and not 0 <= cfg.min_accuracy <= 1:
+        raise UserError(f"min_accuracy must be a fraction in [0, 1] (got {cfg.min_accuracy}).")
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size must be at least 1 (got {cfg.batch_size}).")
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg.run, cfg.outputs_dir, device)
+    split = load_split(trained, cfg, device)
+    logits = predict_logits(trained, split.images, cfg.batch_size)
+    report = {
+        "run": str(trained.run_dir),
+        "checkpoint": str(trained.checkpoint_path),
+        "epoch": trained.checkpoint["epoch"],
+        "split": cfg.split,
+        "dataset": trained.config.dataset.name,
+        "model": trained.config.model.name,
+        "classes": trained.classes,
+        **classification_report(logits, split.labels, trained.classes),
+    }
+    passed = cfg.min_accuracy is None or report["accuracy"] >= cfg.min_accuracy
+    report["min_accuracy"] = cfg.min_accuracy
+    report["passed"] = passed
+
+    out = trained.run_dir / "eval"
+    try:
+        out.mkdir(exist_ok=True)
+        report["files"] = {
+            "confusion": str(figures.confusion_png(out / f"{cfg.split}_confusion.png", report)),
+            "errors": str(figures.errors_png(out / f"{cfg.split}_errors.png", split, logits, trained.classes)),
+        }
+        runs.write_json(out / f"{cfg.split}.json", report)
+    except OSError as error:
+        raise UserError(f"Could not write the evaluation into {out} ({error.strerror}).") from None
+
+    if cfg.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        show_report(report)
+        console.console.print(f"wrote {out / (cfg.split + '.json')} and the confusion / errors pictures")
+    if not passed:
+        print(f"accuracy {report['accuracy']:.4f} is below min_accuracy {cfg.min_accuracy}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,103 @@
+"""Image files -> 28x28 uint8 arrays prepared the way the training images were.
+
+MNIST: grey, light background inverted so ink is bright, cropped to the ink, longer side scaled
+to 20 px, pasted into 28x28 with the centre of mass at the centre (LeCun et al.'s recipe).
+FashionMNIST: grey, inverted if the background is light, scaled to 28x28.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+INK_THRESHOLD = 0.05  # ink: brighter than this fraction of the brightest pixel (0.01 mean change on real MNIST)
+
+
+class ImageError(Exception):
+    """A file that could not be turned into a model input; the message says why."""
+
+
+def find_images(inputs: List[str], recursive: bool) -> List[Path]:
+    """Files as given, and the image files inside given folders (sorted), in input order."""
+    found: List[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found += sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)  # missing or non-image files get their own error row
+    return found
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """The file's first frame as float32 grey 0..255; transparency is composited onto white."""
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            return np.asarray(image.convert("L"), dtype=np.float32)
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"unreadable image ({error})") from None
+
+
+def ink_on_black(grey: np.ndarray) -> np.ndarray:
+    """Invert when the background (the border pixels) is light, so ink is bright on black."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return 255.0 - grey if np.median(border) > 127 else grey
+
+
+def _resize(array: np.ndarray, size: tuple) -> np.ndarray:
+    image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    return np.asarray(image.resize(size, Image.LANCZOS), dtype=np.float32)
+
+
+def mnist_style(grey: np.ndarray) -> np.ndarray:
+    """Crop to the ink, scale the longer side to 20 px, centre the mass in 28x28."""
+    ink = ink_on_black(grey)
+    ink = ink - np.median(ink)  # lift off a uniform, not-quite-black background
+    peak = ink.max()
+    if peak <= 0:
+        raise ImageError("blank image: no ink found")
+    rows, cols = np.nonzero(ink > INK_THRESHOLD * peak)
+    crop = np.clip(ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1], 0, None)
+    height, width = crop.shape
+    scale = 20.0 / max(height, width)
+    crop = _resize(crop * (255.0 / peak), (max(1, round(width * scale)), max(1, round(height * scale))))
+    total = crop.sum()
+    if total <= 0:
+        raise ImageError("blank image: no ink found")
+    ys, xs = np.indices(crop.shape)
+    centre_y, centre_x = (ys * crop).sum() / total, (xs * crop).sum() / total
+    top = int(np.clip(round(14 - centre_y), 0, 28 - crop.shape[0]))
+    left = int(np.clip(round(14 - centre_x), 0, 28 - crop.shape[1]))
+    out = np.zeros((28, 28), dtype=np.float32)
+    out[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def fashion_style(grey: np.ndarray) -> np.ndarray:
+    """Scale to 28x28, bright object on black."""
+    return np.clip(_resize(ink_on_black(grey), (28, 28)), 0, 255).astype(np.uint8)
+
+
+def prepare(path: Path, dataset: str) -> np.ndarray:
+    """The file as a 28x28 uint8 model input for a run trained on `dataset`; raises ImageError."""
+    grey = read_grey(path)
+    if grey.size == 0:
+        raise ImageError("empty image")
+    return mnist_style(grey) if dataset == "mnist" else fashion_style(grey)

@@ -1,0 +1,131 @@
+"""`mnist predict`: classify image files or dataset samples; one row per input, errors included.
+
+Writes predictions.csv and predictions.jsonl (and inputs.png with save_inputs=true) into the
+predict run folder. Exit 0 when every input was predicted, 1 when some failed, 2 when none could.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cli import console, figures, runs
+from mnist_cli.checkpoints import load_trained
+from mnist_cli.errors import UserError
+from mnist_cli.evaluate import SPLITS, load_split, predict_logits
+from mnist_cli.images import ImageError, find_images, prepare
+from mnist_cli.train import resolve_device
+
+CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
+
+
+def check(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "run"):
+        raise UserError("predict needs run=<run folder | checkpoint.pt | latest>.")
+    if not cfg.inputs and not cfg.indices:
+        raise UserError("predict needs inputs=[file.png,folder/] or indices=[0,1,2].")
+    if cfg.split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r}).")
+    if cfg.format not in ("table", "json"):
+        raise UserError(f"format must be table or json (got {cfg.format!r}).")
+    if cfg.topk < 1:
+        raise UserError(f"topk must be at least 1 (got {cfg.topk}).")
+
+
+def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
+    """One entry per input, in order: {"input", "image"} or {"input", "error"}; samples add "label"."""
+    entries: List[Dict] = []
+    for path in find_images(list(cfg.inputs), cfg.recursive):
+        try:
+            entries.append({"input": str(path), "image": prepare(path, trained.config.dataset.name)})
+        except ImageError as error:
+            entries.append({"input": str(path), "error": str(error)})
+    if cfg.indices:
+        split = load_split(trained, cfg, device)
+        for index in cfg.indices:
+            if not 0 <= index < len(split):
+                raise UserError(f"indices: {index} is outside the {cfg.split} split (0..{len(split) - 1}).")
+            entries.append({
+                "input": f"{cfg.split}[{index}]",
+                "image": split.images[index].cpu().numpy(),
+                "label": trained.classes[int(split.labels[index])],
+            })  # fmt: skip
+    return entries
+
+
+def to_rows(entries: List[Dict], probs: torch.Tensor, classes: List[str], topk: int) -> List[Dict]:
+    rows, k = [], min(topk, len(classes))
+    predicted = iter(zip(*probs.topk(k, dim=1)))
+    for entry in entries:
+        row = {"input": entry["input"], "label": entry.get("label"), "predicted": None, "confidence": None, "topk": [], "error": entry.get("error")}
+        if "image" in entry:
+            values, indices = next(predicted)
+            row["topk"] = [{"class": classes[i], "probability": round(p, 6)} for p, i in zip(values.tolist(), indices.tolist())]
+            row["predicted"], row["confidence"] = row["topk"][0]["class"], row["topk"][0]["probability"]
+        rows.append(row)
+    return rows
+
+
+def write_rows(out: Path, rows: List[Dict]) -> None:
+    runs.atomic_write(out / "predictions.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "topk": ";".join(f"{t['class']}:{t['probability']:.4f}" for t in row["topk"])})
+    runs.atomic_write(out / "predictions.csv", lambda f: f.write(text.getvalue().encode()))
+
+
+def show_rows(rows: List[Dict], topk: int) -> None:
+    from rich.table import Table
+
+    table = Table()
+    for column in ("input", "predicted", "confidence", f"top {topk}"):
+        table.add_column(column, justify="right" if column == "confidence" else "left")
+    for row in rows:
+        if row["error"]:
+            table.add_row(row["input"], "[red]error[/red]", "", row["error"])
+            continue
+        label = f" (true {row['label']})" if row["label"] is not None else ""
+        top = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["topk"])
+        table.add_row(row["input"], f"{row['predicted']}{label}", f"{row['confidence']:.3f}", top)
+    console.console.print(table)
+
+
+def predict_command(cfg: DictConfig, run_dir: Path) -> int:
+    """Run `mnist predict`; returns the exit code."""
+    check(cfg)
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg.run, cfg.outputs_dir, device)
+    entries = collect_inputs(cfg, trained, device)
+    if not entries:
+        raise UserError(f"inputs={list(cfg.inputs)} holds no image files.")
+    images = [e["image"] for e in entries if "image" in e]
+    probs = torch.zeros(0, len(trained.classes))
+    if images:
+        batch = torch.from_numpy(np.stack(images)).to(device)
+        probs = predict_logits(trained, batch, cfg.batch_size).softmax(1).cpu()
+    rows = to_rows(entries, probs, trained.classes, cfg.topk)
+
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(out, rows)
+    if cfg.save_inputs and images:
+        titles = [Path(e["input"]).name for e in entries if "image" in e]
+        figures.image_grid_png(out / "inputs.png", images, titles)
+    failed = sum(1 for r in rows if r["error"])
+    if cfg.format == "json":
+        print(json.dumps({"run": str(trained.run_dir), "checkpoint": str(trained.checkpoint_path), "output_dir": str(out), "predictions": rows}, indent=2))
+    else:
+        show_rows(rows, cfg.topk)
+        console.console.print(f"{len(rows) - failed} predicted, {failed} failed; wrote {out / 'predictions.csv'}")
+    if not images:
+        return 2
+    return 1 if failed else 0
