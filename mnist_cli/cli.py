@@ -7,6 +7,7 @@ torch: `mnist --help` and `mnist train --help` stay fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -14,6 +15,7 @@ COMMANDS = {
     "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
     "eval": "metrics of a trained run on a split; exit 1 below min_accuracy (CI gate)",
     "predict": "classify image files or dataset samples with a trained run",
+    "report": "leaderboard of the runs below a folder: mnist report outputs/ sort=val_loss top=10",
 }
 
 USAGE = f"""usage: mnist <command> [KEY=VALUE ...] [-m] [--cfg job] [--help]
@@ -30,6 +32,7 @@ examples:
   mnist train --help                            # config groups and every key
   mnist eval run=latest min_accuracy=0.99
   mnist predict run=latest inputs=[digit.png,photos/]
+  mnist report outputs/multirun/2026-11-23/10-20-11-x9f2
 
 data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, FashionMNIST/raw/)
 """
@@ -47,10 +50,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mnist-cli {__version__}")
         return 0
     command = args[0]
+    if command == "report":
+        from mnist_cli.report import report_command
+
+        return report_command(args[1:])
     if command not in COMMANDS:
         print(f"mnist: '{command}' is not a command; choose one of: {', '.join(COMMANDS)} (see mnist --help).", file=sys.stderr)
         return 2
-    return run_hydra_app(command, args[1:])
+    try:
+        return run_hydra_app(command, args[1:])
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _parallel_jobs(runtime) -> int:
+    """How many jobs run at once on this machine (joblib launcher), else 1."""
+    launcher = runtime.launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = launcher.get("n_jobs", -1) or 1
+    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
 
 
 def _train(cfg, runtime):
@@ -58,6 +78,8 @@ def _train(cfg, runtime):
     from mnist_cli.config import validate
 
     validate(cfg)
+    if cfg.threads is None and _parallel_jobs(runtime) > 1:  # N jobs on N cores: no oversubscription
+        cfg.threads = max(1, (os.cpu_count() or 1) // _parallel_jobs(runtime))
     from mnist_cli import train  # torch is imported here, after the config is known good
 
     return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=list(runtime.overrides.task)), 0
@@ -82,9 +104,10 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     """Run conf/<command>.yaml's Hydra app with `args`; config errors exit 2, like other usage errors."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from mnist_cli.config import register_configs
-    from mnist_cli.errors import UserError
+    from mnist_cli.errors import RunFailed, UserError
 
     register_configs()
     task_started = False
@@ -97,12 +120,17 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         try:
             result, exit_code = RUNNERS[command](cfg, runtime)
             return result
-        except UserError as error:
-            if command != "eval":  # eval writes into the evaluated run, it makes no folder of its own
-                from mnist_cli.runs import discard_unstarted
+        except (UserError, RunFailed) as error:
+            from mnist_cli import runs
 
-                discard_unstarted(runtime.runtime.output_dir)
             print(f"mnist {command}: {error}", file=sys.stderr)
+            if runtime.mode == RunMode.MULTIRUN:  # one failed job must not stop the sweep
+                runs.record_failure(runtime.runtime.output_dir, str(error), list(runtime.overrides.task))
+                return float("nan")
+            if isinstance(error, RunFailed):
+                sys.exit(1)
+            if command != "eval":  # eval writes into the evaluated run, it makes no folder of its own
+                runs.discard_unstarted(runtime.runtime.output_dir)
             sys.exit(2)
 
     app = hydra.main(config_path="pkg://mnist_cli.conf", config_name=command, version_base="1.3")(task)

@@ -5,10 +5,10 @@ Imports only hydra/omegaconf, never torch: `mnist train --help` and `--cfg job` 
 
 from __future__ import annotations
 
-import functools
 import importlib.resources
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mnist_cli.errors import UserError
+from mnist_cli.leaderboard import SUMMARY_METRICS
 
 
 def cache_dir() -> str:
@@ -29,13 +30,18 @@ def default_data_root() -> str:
     return os.environ.get("MNIST_DATA_ROOT") or str(Path(cache_dir()) / "data")
 
 
-@functools.lru_cache(maxsize=None)
-def _run_id() -> str:
-    """Return a short random id, the same for the whole process (one run or one sweep).
+RUN_NAME_ENV = "MNIST_CLI_RUN_NAME"
 
-    Hydra resolves the run folder's name more than once; the cache keeps it one folder.
+
+def run_name() -> str:
+    """`<YYYY-MM-DD>/<HH-MM-SS>-<random id>`, fixed for the whole process and its children.
+
+    Hydra resolves the run/sweep folder more than once, and the joblib launcher resolves it again
+    in each worker process; keeping the first value in the environment makes it one folder.
     """
-    return os.urandom(3).hex()
+    if RUN_NAME_ENV not in os.environ:
+        os.environ[RUN_NAME_ENV] = time.strftime("%Y-%m-%d/%H-%M-%S-") + os.urandom(3).hex()
+    return os.environ[RUN_NAME_ENV]
 
 
 def config_groups_text() -> str:
@@ -54,8 +60,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mnist_data_root", default_data_root)
     if not OmegaConf.has_resolver("mnist_config_groups"):
         OmegaConf.register_new_resolver("mnist_config_groups", config_groups_text)
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", _run_id)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
 
 
 # ---- groups -----------------------------------------------------------------------------
@@ -197,6 +203,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     channels_last: bool = True  # memory layout for conv nets: about 1.6x faster on CPU
+    threads: Optional[int] = None  # torch CPU threads; null: torch's default, or cores / parallel jobs
+    optimized_metric: str = "best.val_accuracy"  # what train returns to a sweeper, from summary.json
     outputs_dir: str = "outputs"
     resume: Optional[str] = None
 
@@ -289,6 +297,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.data.val_size >= 1, "data.val_size", "at least 1")
     need(cfg.data.limit is None or cfg.data.limit >= 2, "data.limit", "null or at least 2")
     need(cfg.resume is None, "resume", "null: resuming is not implemented yet")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
+    need(cfg.optimized_metric in SUMMARY_METRICS, "optimized_metric", f"one of {', '.join(SUMMARY_METRICS)}")
 
     opt = cfg.optimizer
     need(opt.lr > 0, "optimizer.lr", "greater than 0")

@@ -16,6 +16,8 @@ from rich.table import Table
 
 log = logging.getLogger("mnist_cli")
 console = Console(highlight=False)
+if not console.is_terminal:
+    console.width = max(console.width, 160)  # CI logs: do not squeeze tables into 80 columns
 
 
 def say(message: str) -> None:

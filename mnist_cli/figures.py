@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import torch
-
 from mnist_cli import runs
 
 
@@ -70,7 +68,7 @@ def image_grid_png(path: Path, images: Sequence, titles: List[str], columns: int
     return _save(fig, path)
 
 
-def errors_png(path: Path, split, logits: torch.Tensor, classes: List[str], limit: int = 32) -> Path:
+def errors_png(path: Path, split, logits, classes: List[str], limit: int = 32) -> Path:
     """The `limit` most confidently misclassified images, titled true -> predicted (confidence)."""
     probs = logits.softmax(1)
     confidence, predicted = probs.max(1)
@@ -81,3 +79,23 @@ def errors_png(path: Path, split, logits: torch.Tensor, classes: List[str], limi
         f"true {classes[split.labels[i]]}\npred {classes[predicted[i]]} ({confidence[i]:.2f})" for i in worst.tolist()
     ]
     return image_grid_png(path, images, titles)
+
+
+def curves_png(path: Path, records: List[Dict]) -> Path:
+    """Validation accuracy per epoch of each run in `records` (leaderboard rows), on one figure."""
+    import json
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for rank, record in enumerate(records, 1):
+        metrics = Path(record["run"]) / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        label = " ".join(f"{k}={v}" for k, v in record["overrides"].items()) or Path(record["run"]).name
+        ax.plot([e["epoch"] for e in epochs], [e["val_accuracy"] for e in epochs], marker="o", label=f"#{rank} {label}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

@@ -2,7 +2,8 @@
 
 MNIST: grey, light background inverted so ink is bright, cropped to the ink, longer side scaled
 to 20 px, pasted into 28x28 with the centre of mass at the centre (LeCun et al.'s recipe).
-FashionMNIST: grey, inverted if the background is light, scaled to 28x28.
+FashionMNIST: grey, light background inverted, trimmed to the object, longer side scaled to 28 px,
+centred (the recipe FashionMNIST itself was made with).
 """
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ def read_grey(path: Path) -> np.ndarray:
         raise ImageError(f"unreadable image ({error})") from None
 
 
+def _background(grey: np.ndarray) -> float:
+    """The background level: the median of the four corner patches (objects may touch the edges,
+    as FashionMNIST items do, but rarely fill the corners)."""
+    k = max(1, min(grey.shape) // 10)
+    corners = [grey[:k, :k], grey[:k, -k:], grey[-k:, :k], grey[-k:, -k:]]
+    return float(np.median(np.concatenate([c.ravel() for c in corners])))
+
+
 def ink_on_black(grey: np.ndarray) -> np.ndarray:
-    """Invert when the background (the border pixels) is light, so ink is bright on black."""
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return 255.0 - grey if np.median(border) > 127 else grey
+    """Invert when the background is light, so ink is bright on black."""
+    return 255.0 - grey if _background(grey) > 127 else grey
 
 
 def _resize(array: np.ndarray, size: tuple) -> np.ndarray:
@@ -66,33 +74,45 @@ def _resize(array: np.ndarray, size: tuple) -> np.ndarray:
     return np.asarray(image.resize(size, Image.LANCZOS), dtype=np.float32)
 
 
-def mnist_style(grey: np.ndarray) -> np.ndarray:
-    """Crop to the ink, scale the longer side to 20 px, centre the mass in 28x28."""
+def _ink_crop(grey: np.ndarray) -> np.ndarray:
+    """Bright-on-black ink cropped to its bounding box, background lifted to 0."""
     ink = ink_on_black(grey)
-    ink = ink - np.median(ink)  # lift off a uniform, not-quite-black background
+    ink = ink - _background(ink)  # a uniform, not-quite-black background becomes 0
     peak = ink.max()
     if peak <= 0:
         raise ImageError("blank image: no ink found")
     rows, cols = np.nonzero(ink > INK_THRESHOLD * peak)
     crop = np.clip(ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1], 0, None)
+    return crop * (255.0 / peak)
+
+
+def _scale_longer_side(crop: np.ndarray, side: int) -> np.ndarray:
     height, width = crop.shape
-    scale = 20.0 / max(height, width)
-    crop = _resize(crop * (255.0 / peak), (max(1, round(width * scale)), max(1, round(height * scale))))
+    scale = side / max(height, width)
+    return _resize(crop, (max(1, round(width * scale)), max(1, round(height * scale))))
+
+
+def mnist_style(grey: np.ndarray) -> np.ndarray:
+    """Crop to the ink, scale the longer side to 20 px, put the centre of mass at the centre of 28x28."""
+    crop = _scale_longer_side(_ink_crop(grey), 20)
     total = crop.sum()
     if total <= 0:
         raise ImageError("blank image: no ink found")
     ys, xs = np.indices(crop.shape)
-    centre_y, centre_x = (ys * crop).sum() / total, (xs * crop).sum() / total
-    top = int(np.clip(round(14 - centre_y), 0, 28 - crop.shape[0]))
-    left = int(np.clip(round(14 - centre_x), 0, 28 - crop.shape[1]))
+    top = int(np.clip(round(14 - (ys * crop).sum() / total), 0, 28 - crop.shape[0]))
+    left = int(np.clip(round(14 - (xs * crop).sum() / total), 0, 28 - crop.shape[1]))
     out = np.zeros((28, 28), dtype=np.float32)
     out[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def fashion_style(grey: np.ndarray) -> np.ndarray:
-    """Scale to 28x28, bright object on black."""
-    return np.clip(_resize(ink_on_black(grey), (28, 28)), 0, 255).astype(np.uint8)
+    """Trim to the object, scale the longer side to 28 px, centre it (Zalando's FashionMNIST recipe)."""
+    crop = _scale_longer_side(_ink_crop(grey), 28)
+    top, left = (28 - crop.shape[0]) // 2, (28 - crop.shape[1]) // 2
+    out = np.zeros((28, 28), dtype=np.float32)
+    out[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def prepare(path: Path, dataset: str) -> np.ndarray:

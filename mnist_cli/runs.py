@@ -92,3 +92,14 @@ def discard_unstarted(run_dir: Path) -> None:
         run_dir.parent.rmdir()  # the date folder, if this was its only run
     except OSError:
         pass
+
+
+def record_failure(run_dir: Path, error: str, overrides: list) -> None:
+    """Mark a sweep job failed in its summary.json (keeping what a started run already wrote)."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if summary.get("status") in (None, "completed"):
+        summary["status"] = "failed"
+    summary.update(error=error, overrides=overrides, run_dir=str(run_dir))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(path, summary)

@@ -5,6 +5,7 @@ Read top to bottom: `train()` is the whole job; `train_one_epoch()` and `evaluat
 
 from __future__ import annotations
 
+import math
 import platform
 import shutil
 import time
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import mnist_cli
 from mnist_cli import console, runs
 from mnist_cli.data import Split, TrainData, epoch_generator, eval_batches, load_train_data, normalize, train_batches
-from mnist_cli.errors import UserError
+from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.models import build_model, count_parameters, layer_summary
 from mnist_cli.optim import build_optimizer, build_scheduler
 
@@ -96,11 +97,22 @@ def evaluate(model, split: Split, data: TrainData, cfg) -> Tuple[float, float]:
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
+def summary_metric(summary: Dict, path: str) -> float:
+    """The value at a dotted path of summary.json, e.g. best.val_accuracy."""
+    value = summary
+    for part in path.split("."):
+        value = value[part]
+    return float(value)
+
+
 def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None) -> float:
-    """Train as `cfg` says, writing the run folder `run_dir`; returns the best validation accuracy."""
+    """Train as `cfg` says, writing the run folder `run_dir`; returns cfg.optimized_metric
+    (best validation accuracy by default) for a sweeper."""
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
     data = load_train_data(cfg, device)
@@ -127,9 +139,44 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None)
     config = OmegaConf.to_container(cfg, resolve=True)
     best: Dict = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
     row: Dict = {}
+
+    def finish(status: str) -> Dict:
+        """Write summary.json for the run as it stands; returns it."""
+        wall = time.perf_counter() - started
+        summary = {
+            "status": status,
+            "run_dir": str(run_dir),
+            "overrides": list(overrides or []),
+            "dataset": cfg.dataset.name,
+            "model": cfg.model.name,
+            "optimizer": cfg.optimizer.name,
+            "scheduler": cfg.scheduler.name,
+            "parameters": params,
+            "epochs": cfg.epochs,
+            "epochs_completed": row.get("epoch", 0),
+            "best": best,
+            "final": row,
+            "wall_seconds": round(wall, 3),
+            "seconds_per_epoch": round(wall / max(1, row.get("epoch", 0)), 3),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+            "started_at": started_at,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        runs.write_json(run_dir / "summary.json", summary)
+        return summary
     for epoch in range(1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(model, optimizer, scheduler, data, cfg, epoch)
+        if not math.isfinite(train_loss):
+            finish("diverged")
+            kept = f"; the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'}" if epoch > 1 else ""
+            raise RunFailed(
+                f"the training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {cfg.optimizer.lr:g}) "
+                f"and train again{kept}."
+            )
         val_loss, val_acc = evaluate(model, data.val, data, cfg)
         row = {
             "epoch": epoch,
@@ -167,30 +214,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None)
             with open(last, "rb") as source:
                 runs.atomic_write(run_dir / "checkpoints" / "best.pt", lambda f: shutil.copyfileobj(source, f))
 
-    wall = time.perf_counter() - started
-    summary = {
-        "status": "completed",
-        "run_dir": str(run_dir),
-        "overrides": list(overrides or []),
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "optimizer": cfg.optimizer.name,
-        "scheduler": cfg.scheduler.name,
-        "parameters": params,
-        "epochs": cfg.epochs,
-        "epochs_completed": row["epoch"],
-        "best": best,
-        "final": row,
-        "wall_seconds": round(wall, 3),
-        "seconds_per_epoch": round(wall / cfg.epochs, 3),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "versions": versions(),
-        "started_at": started_at,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    runs.write_json(run_dir / "summary.json", summary)
-    console.say(f"best val_acc {best['val_accuracy']:.2%} at epoch {best['epoch']}; {wall:.1f}s in all; run folder:")
+    summary = finish("completed")
+    console.say(f"best val_acc {best['val_accuracy']:.2%} at epoch {best['epoch']}; {summary['wall_seconds']:.1f}s in all; run folder:")
     console.say(str(run_dir))
-    return best["val_accuracy"]
+    return summary_metric(summary, cfg.optimized_metric)

@@ -135,6 +135,6 @@ def test_help_lists_commands_and_groups_without_importing_torch(workdir, cli_env
     result = subprocess.run([sys.executable, "-c", probe], cwd=workdir, env=cli_env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("[0, 0] False")
-    for text in ("train", "model: cnn, lenet, mlp", "optimizer: adadelta, adagrad, adam, adamw, rmsprop, sgd",
+    for text in ("train", "eval", "predict", "model: cnn, lenet, mlp", "optimizer: adadelta, adagrad, adam, adamw, rmsprop, sgd",
                  "scheduler: cosine, none, onecycle, step", "dataset: fashion_mnist, mnist"):  # fmt: skip
         assert text in result.stdout, text

@@ -1,0 +1,98 @@
+"""`mnist report <folder> [sort=...] [top=N] [format=table|json] [save=true] [plot=true]`.
+
+Finds every run folder below <folder> (finished, failed and unfinished ones) and prints their
+leaderboard. Reads only, unless save=true (leaderboard.csv/json) or plot=true (curves.png).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from mnist_cli import leaderboard
+
+USAGE = """usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true]
+
+  mnist report outputs/multirun/2026-11-23/10-20-11-x9f2     # one sweep
+  mnist report outputs/                                      # every run found below a folder
+  mnist report outputs/ sort=val_loss top=10 format=json
+
+FOLDER defaults to outputs/. sort: best_val_accuracy (default), final_val_accuracy, val_loss,
+epochs, seconds. save=true writes leaderboard.csv/json, plot=true writes curves.png (validation
+accuracy per epoch of the top runs), both into FOLDER.
+"""
+DEFAULTS = {"sort": "best_val_accuracy", "top": None, "format": "table", "save": False, "plot": False}
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse(args: List[str]) -> Dict:
+    options = dict(DEFAULTS, folder="outputs")
+    folders = []
+    for arg in args:
+        if "=" not in arg:
+            folders.append(arg)
+            continue
+        key, value = arg.split("=", 1)
+        if key not in DEFAULTS:
+            raise UsageError(f"'{key}' is not a report option; use {', '.join(DEFAULTS)}.")
+        if key == "top":
+            if not value.isdigit() or int(value) < 1:
+                raise UsageError(f"top must be a positive whole number (got {value!r}).")
+            options[key] = int(value)
+        elif key in ("save", "plot"):
+            if value.lower() not in ("true", "false"):
+                raise UsageError(f"{key} must be true or false (got {value!r}).")
+            options[key] = value.lower() == "true"
+        elif key == "format" and value not in ("table", "json"):
+            raise UsageError(f"format must be table or json (got {value!r}).")
+        elif key == "sort" and leaderboard.SORT_ALIASES.get(value, value) not in leaderboard.COLUMNS:
+            raise UsageError(f"sort must be one of {', '.join(leaderboard.COLUMNS[:-1])} (got {value!r}).")
+        else:
+            options[key] = value
+    if len(folders) > 1:
+        raise UsageError(f"report takes one folder (got {len(folders)}).")
+    if folders:
+        options["folder"] = folders[0]
+    return options
+
+
+def report_command(args: List[str]) -> int:
+    """Run `mnist report`; returns the exit code."""
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return 0
+    try:
+        options = parse(args)
+    except UsageError as error:
+        print(f"mnist report: {error}", file=sys.stderr)
+        return 2
+    folder = Path(options["folder"])
+    if not folder.is_dir():
+        print(f"mnist report: {folder} is not a folder; give a sweep folder or outputs/.", file=sys.stderr)
+        return 2
+    records = leaderboard.build(folder, options["sort"], options["top"])
+    if not records:
+        print(f"mnist report: no run folders (summary.json or metrics.jsonl) below {folder}.", file=sys.stderr)
+        return 2
+    try:
+        if options["save"]:
+            leaderboard.write(folder, records, options["sort"])
+        if options["plot"]:
+            from mnist_cli.figures import curves_png
+
+            curves_png(folder / "curves.png", records[: options["top"] or 10])
+    except OSError as error:
+        print(f"mnist report: could not write into {folder} ({error.strerror}).", file=sys.stderr)
+        return 2
+    if options["format"] == "json":
+        print(json.dumps({"folder": str(folder), "sort": options["sort"], "rows": leaderboard.rows_for_output(records)}, indent=2))
+    else:
+        from mnist_cli.console import console
+
+        console.print(leaderboard.render(records, title=f"{folder}: {len(records)} runs, by {options['sort']}"))
+    return 0

@@ -1,0 +1,139 @@
+"""Sweeps: multirun folders, the leaderboard at the end, `mnist report`, joblib and Optuna."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import MNIST_COMMAND, run_mnist
+
+TINY = ["epochs=1", "data.limit=300", "data.val_size=60", "batch_size=60", "model.augment=false", "device=cpu"]
+
+
+def sweep_dirs(workdir: Path) -> list:
+    return sorted(p for p in (workdir / "outputs" / "multirun").glob("*/*") if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sweeps")
+
+
+@pytest.fixture(scope="module")
+def sweep(workdir, cli_env) -> tuple:
+    """A finished 2x2 sweep: (completed process, sweep folder)."""
+    result = run_mnist("train", "-m", "model=mlp,lenet", "optimizer=sgd,adam", *TINY, cwd=workdir, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    (folder,) = sweep_dirs(workdir)
+    return result, folder
+
+
+def test_sweep_puts_every_job_in_one_folder_and_ends_with_a_sorted_leaderboard(sweep):
+    result, folder = sweep
+    jobs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2", "3"]
+    board = json.loads((folder / "leaderboard.json").read_text())
+    rows = board["rows"]
+    assert len(rows) == 4 and board["sort"] == "best.val_accuracy"
+    for row in rows:
+        summary = json.loads((Path(row["run"]) / "summary.json").read_text())
+        assert row["best_val_accuracy"] == summary["best"]["val_accuracy"]
+        assert row["seconds"] == summary["wall_seconds"] and row["status"] == "completed"
+        assert f"model={row['model']}" in summary["overrides"] and f"optimizer={row['optimizer']}" in summary["overrides"]
+    accuracies = [r["best_val_accuracy"] for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert (folder / "leaderboard.csv").read_text().splitlines()[0].startswith("rank,model,optimizer,best_val_accuracy")
+    assert "best val acc" in result.stdout  # printed when the sweep ended
+
+
+def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path, cli_env):
+    result = run_mnist("train", "-m", "model=mlp", "optimizer.lr=0.002,-1,0.003", *TINY, cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "optimizer.lr must be greater than 0" in result.stderr and "Traceback" not in result.stderr
+    (folder,) = sweep_dirs(tmp_path)
+    statuses = {r["optimizer.lr"]: r["status"] for r in json.loads((folder / "leaderboard.json").read_text())["rows"]}
+    assert statuses == {"0.002": "completed", "-1": "failed", "0.003": "completed"}
+
+
+def test_concurrent_sweeps_get_their_own_folders(tmp_path, cli_env):
+    args = [MNIST_COMMAND, "train", "-m", "model=mlp", "model.hidden=[16],[32]", *TINY]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    folders = sweep_dirs(tmp_path)
+    assert len(folders) == 2
+    for folder in folders:
+        assert len(json.loads((folder / "leaderboard.json").read_text())["rows"]) == 2
+
+
+def test_report_shows_finished_failed_and_unfinished_runs_and_writes_nothing(sweep, tmp_path, cli_env):
+    _, folder = sweep
+    copy = tmp_path / "runs"
+    shutil.copytree(folder, copy)
+    (copy / "leaderboard.csv").unlink()
+    (copy / "leaderboard.json").unlink()
+    interrupted = copy / "2"
+    (interrupted / "summary.json").unlink()  # killed before the end: metrics.jsonl only
+    failed = copy / "3"
+    summary = json.loads((failed / "summary.json").read_text())
+    (failed / "summary.json").write_text(json.dumps({**summary, "status": "diverged"}))
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+
+    table = run_mnist("report", str(copy), cwd=tmp_path, env=cli_env)
+    assert table.returncode == 0, table.stderr
+    assert "unfinished" in table.stdout and "diverged" in table.stdout and "completed" in table.stdout
+    as_json = run_mnist("report", str(copy), "sort=val_loss", "top=3", "format=json", cwd=tmp_path, env=cli_env)
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)["rows"]
+    assert len(rows) == 3
+    losses = [r["val_loss"] for r in rows]
+    assert losses == sorted(losses)
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # report only reads
+
+    saved = run_mnist("report", str(copy), "save=true", "plot=true", cwd=tmp_path, env=cli_env)
+    assert saved.returncode == 0, saved.stderr
+    assert (copy / "leaderboard.csv").exists() and (copy / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nowhere/"], "is not a folder"),
+    (["outputs/", "sort=bogus"], "sort must be one of"),
+    (["outputs/", "top=0"], "top must be a positive whole number"),
+    (["outputs/", "colour=red"], "'colour' is not a report option"),
+])  # fmt: skip
+def test_report_bad_input(args, message, tmp_path, cli_env):
+    (tmp_path / "outputs").mkdir()
+    result = run_mnist("report", *args, cwd=tmp_path, env=cli_env)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+                    reason="hydra-joblib-launcher is not installed: pip install -e '.[parallel]'")  # fmt: skip
+def test_joblib_sweep_runs_jobs_in_two_processes_with_one_thread_each(tmp_path, cli_env):
+    result = run_mnist("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp,lenet", *TINY,
+                       cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (folder,) = sweep_dirs(tmp_path)
+    summaries = [json.loads(p.read_text()) for p in folder.glob("*/summary.json")]
+    assert sorted(s["model"] for s in summaries) == ["lenet", "mlp"]
+    assert all(s["threads"] == max(1, (__import__("os").cpu_count() or 1) // 2) for s in summaries)
+    assert len(json.loads((folder / "leaderboard.json").read_text())["rows"]) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="hydra-optuna-sweeper is not installed: pip install -e '.[optuna]'")  # fmt: skip
+def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path, cli_env):
+    result = run_mnist("train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    (folder,) = sweep_dirs(tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    best = (folder / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "optimizer.lr" in best
+    rows = json.loads((folder / "leaderboard.json").read_text())["rows"]
+    assert f"best_value: {rows[0]['best_val_accuracy']}" in best
