@@ -30,48 +30,33 @@ class Trained:
     checkpoint: Dict[str, Any]
 
 
-def resolve_checkpoint(run: str, outputs_dir: str) -> Path:
-    """`latest`, a run folder (its checkpoints/best.pt) or a checkpoint file -> the checkpoint path."""
-    if run == "latest":
-        link = Path(outputs_dir) / "train" / "latest"
-        if not link.exists():
-            raise UserError(f"run=latest found no train run under {link.parent}; train one first or give run=<folder>.")
-        path = link.resolve()
-    else:
-        path = Path(run).expanduser()
-        if not path.exists():
-            raise UserError(f"run={run} does not exist; give a run folder, a .pt checkpoint or latest.")
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise UserError(f"{path} holds no checkpoints/best.pt or last.pt; is it a train run folder?")
-    return path
-
-
-def run_dir_of(checkpoint_path: Path) -> Path:
-    """The run folder a checkpoint belongs to (<run>/checkpoints/x.pt), else the checkpoint's folder."""
-    parent = checkpoint_path.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def load_trained(run: str, outputs_dir: str, device: torch.device) -> Trained:
-    """Load the checkpoint `run` names and rebuild its model; bad files raise UserError."""
-    path = resolve_checkpoint(run, outputs_dir)
+def read_checkpoint(path: Path) -> Dict[str, Any]:
+    """Load an mnist-cli checkpoint without running any pickled code; bad files raise UserError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except pickle.UnpicklingError:
         raise UserError(f"{path} holds more than weights (pickled code?); refusing to load it.") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a checkpoint file.") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file).") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != runs.CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an mnist-cli checkpoint.")
+    if checkpoint.get("format_version", 0) > runs.CHECKPOINT_VERSION:
+        raise UserError(f"{path} was written by a newer mnist-cli (checkpoint format {checkpoint['format_version']}); upgrade mnist-cli.")
+    return checkpoint
+
+
+def load_trained(run: str, outputs_dir: str, device: torch.device) -> Trained:
+    """Load the checkpoint `run` names and rebuild its model; bad files raise UserError."""
+    path = runs.resolve_checkpoint(run, outputs_dir, key="run", prefer=("best.pt", "last.pt"))
+    checkpoint = read_checkpoint(path)
     config = OmegaConf.create(checkpoint["config"])
     model = build_model(config.model, num_classes=len(checkpoint["classes"]))
     try:
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError:
+    except (RuntimeError, KeyError):
         raise UserError(f"{path}: the weights do not fit the {config.model.name} model its config describes.") from None
     model.to(device).eval()
     norm = checkpoint["normalization"]
-    return Trained(model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, run_dir_of(path), checkpoint)
+    return Trained(model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, runs.run_dir_of(path), checkpoint)

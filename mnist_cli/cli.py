@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
+
+from mnist_cli.errors import UserError
 
 COMMANDS = {
     "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
@@ -59,6 +62,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return run_hydra_app(command, args[1:])
+    except UserError as error:  # found before Hydra starts (e.g. resume= names no run)
+        print(f"mnist {command}: {error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -82,7 +88,13 @@ def _train(cfg, runtime):
         cfg.threads = max(1, (os.cpu_count() or 1) // _parallel_jobs(runtime))
     from mnist_cli import train  # torch is imported here, after the config is known good
 
-    return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=list(runtime.overrides.task)), 0
+    overrides = list(runtime.overrides.task)
+    state = None
+    if cfg.resume is not None:
+        from mnist_cli.resume import continue_run
+
+        cfg, state = continue_run(cfg, overrides)
+    return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=overrides, resume_state=state), 0
 
 
 def _eval(cfg, runtime):
@@ -100,6 +112,34 @@ def _predict(cfg, runtime):
 RUNNERS = {"train": _train, "eval": _eval, "predict": _predict}
 
 
+def _check_outputs_dir(args: List[str]) -> None:
+    """Fail early, in one sentence, when run folders cannot be created (Hydra would show a traceback)."""
+    if any(a.startswith("--") for a in args):  # --help, --cfg, ...: nothing will be written
+        return
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    folder = Path(values.get("outputs_dir", "outputs"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"outputs_dir={folder} cannot be created ({error.strerror}); choose another folder.") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"outputs_dir={folder} is not writable; choose another folder.")
+
+
+def _resume_in_place(args: List[str]) -> List[str]:
+    """With resume=<run>, make Hydra use that run's folder and leave its .hydra/ config as it was."""
+    values = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("-")}
+    resume = values.get("resume")
+    if resume in (None, "null"):
+        return args
+    from mnist_cli.resume import run_folder
+
+    if "-m" in args or "--multirun" in args:
+        raise UserError("resume= continues one run; it cannot be part of a sweep (-m).")
+    folder = run_folder(resume, values.get("outputs_dir", "outputs"))
+    return [*args, f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]
+
+
 def run_hydra_app(command: str, args: List[str]) -> int:
     """Run conf/<command>.yaml's Hydra app with `args`; config errors exit 2, like other usage errors."""
     import hydra
@@ -107,7 +147,8 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     from hydra.types import RunMode
 
     from mnist_cli.config import register_configs
-    from mnist_cli.errors import RunFailed, UserError
+    from mnist_cli.errors import RunFailed
+    from mnist_cli.interrupt import Interrupted
 
     register_configs()
     task_started = False
@@ -120,6 +161,9 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         try:
             result, exit_code = RUNNERS[command](cfg, runtime)
             return result
+        except Interrupted as stopped:
+            print(f"mnist {command}: {stopped}", file=sys.stderr)
+            sys.exit(128 + stopped.signum)
         except (UserError, RunFailed) as error:
             from mnist_cli import runs
 
@@ -129,10 +173,14 @@ def run_hydra_app(command: str, args: List[str]) -> int:
                 return float("nan")
             if isinstance(error, RunFailed):
                 sys.exit(1)
-            if command != "eval":  # eval writes into the evaluated run, it makes no folder of its own
+            if command == "predict" or (command == "train" and cfg.get("resume") is None):  # never an existing run
                 runs.discard_unstarted(runtime.runtime.output_dir)
             sys.exit(2)
 
+    if command == "train":
+        args = _resume_in_place(args)
+    if command in ("train", "predict"):
+        _check_outputs_dir(args)
     app = hydra.main(config_path="pkg://mnist_cli.conf", config_name=command, version_base="1.3")(task)
     saved_argv = sys.argv
     sys.argv = [f"mnist {command}", *args]

@@ -191,6 +191,17 @@ class DataConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_n_steps: Optional[int] = None  # also write last.pt every N steps (long epochs); null: per epoch
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # stop after this many epochs without a better val accuracy
+    min_delta: float = 0.0  # an improvement smaller than this does not count
+
+
+@dataclass
 class TrainConfig:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -206,7 +217,9 @@ class TrainConfig:
     threads: Optional[int] = None  # torch CPU threads; null: torch's default, or cores / parallel jobs
     optimized_metric: str = "best.val_accuracy"  # what train returns to a sweeper, from summary.json
     outputs_dir: str = "outputs"
-    resume: Optional[str] = None
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    resume: Optional[str] = None  # a run folder, a checkpoint or latest: continue that run
 
 
 @dataclass
@@ -296,7 +309,10 @@ def validate(cfg: DictConfig) -> None:
     need(bool(_DEVICE.match(cfg.device)), "device", "one of auto, cpu, cuda, cuda:N, mps")
     need(cfg.data.val_size >= 1, "data.val_size", "at least 1")
     need(cfg.data.limit is None or cfg.data.limit >= 2, "data.limit", "null or at least 2")
-    need(cfg.resume is None, "resume", "null: resuming is not implemented yet")
+    every = cfg.checkpoint.every_n_steps
+    need(every is None or every >= 1, "checkpoint.every_n_steps", "null or at least 1")
+    need(cfg.early_stopping.patience is None or cfg.early_stopping.patience >= 1, "early_stopping.patience", "null or at least 1")
+    need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta", "0 or more")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
     need(cfg.optimized_metric in SUMMARY_METRICS, "optimized_metric", f"one of {', '.join(SUMMARY_METRICS)}")
 

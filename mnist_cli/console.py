@@ -60,7 +60,7 @@ def epoch_line(m: Dict, epochs: int) -> str:
 
 
 @contextmanager
-def batch_progress(description: str, total: int) -> Iterator:
+def batch_progress(description: str, total: int, completed: int = 0) -> Iterator:
     """Yield advance(); a live bar over the batches in a terminal, nothing otherwise (CI logs)."""
     if not console.is_terminal:
         yield lambda: None
@@ -69,5 +69,5 @@ def batch_progress(description: str, total: int) -> Iterator:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as progress:  # fmt: skip
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=total, completed=completed)
         yield lambda: progress.advance(task)

@@ -164,16 +164,17 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_batches(
-    split: Split, batch_size: int, generator: torch.Generator, augment_pad: int = 0
+    split: Split, batch_size: int, generator: torch.Generator, augment_pad: int = 0, skip: int = 0
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Yield shuffled (uint8 images, labels) batches; images shifted when augment_pad > 0."""
+    """Yield shuffled (uint8 images, labels) batches, from batch number `skip` on (resuming
+    mid-epoch); images shifted when augment_pad > 0. The same generator state gives the same batches."""
     n = len(split)
     device = split.images.device
     order = torch.randperm(n, generator=generator).to(device)
     shifts = None
     if augment_pad > 0:
         shifts = torch.randint(-augment_pad, augment_pad + 1, (n, 2), generator=generator).to(device)
-    for start in range(0, n, batch_size):
+    for start in range(skip * batch_size, n, batch_size):
         idx = order[start : start + batch_size]
         images = split.images[idx]
         if shifts is not None:

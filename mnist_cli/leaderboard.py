@@ -125,7 +125,8 @@ def render(records: List[Dict], title: str):
     for header in headers:
         table.add_column(HEADERS.get(header, header), justify="right" if header in COLUMNS or header == "rank" else "left")
     for i, row in enumerate(rows):
-        style = "bold green" if i == 0 and row["status"] == "completed" else ("dim" if row["status"] != "completed" else None)
+        finished = row["status"] in ("completed", "early_stopped")
+        style = "bold green" if i == 0 and finished else (None if finished else "dim")
         table.add_row(*(_cell(h, row[h]) for h in headers), style=style)
     return table
 

@@ -55,6 +55,27 @@ def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
+def copy_atomically(source: Path, target: Path) -> None:
+    with open(source, "rb") as src:
+        atomic_write(target, lambda f: shutil.copyfileobj(src, f))
+
+
+def keep_metrics_until(run_dir: Path, epoch: int, last_row: Dict[str, Any]) -> None:
+    """Rewrite metrics.jsonl/csv with epochs 1..epoch only (a kill can leave one more, or one fewer:
+    the checkpoint's own row fills that gap), so a resumed run never duplicates an epoch."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [r for r in rows if r["epoch"] <= epoch]
+    if epoch >= 1 and (not rows or rows[-1]["epoch"] < epoch) and last_row:
+        rows.append(last_row)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(Path(run_dir) / "metrics.csv", lambda f: f.write(text.getvalue().encode()))
+
+
 def append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
     """Append one epoch to metrics.jsonl and metrics.csv (header written with the first row)."""
     with open(run_dir / "metrics.jsonl", "a") as f:
@@ -103,3 +124,33 @@ def record_failure(run_dir: Path, error: str, overrides: list) -> None:
     summary.update(error=error, overrides=overrides, run_dir=str(run_dir))
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_json(path, summary)
+
+
+def resolve_checkpoint(value: str, outputs_dir: str, key: str, prefer=("best.pt", "last.pt")) -> Path:
+    """`latest`, a run folder (its first checkpoint in `prefer`) or a checkpoint file -> a path.
+
+    `key` names the option in messages (run=, resume=).
+    """
+    from mnist_cli.errors import UserError
+
+    if value == "latest":
+        link = Path(outputs_dir) / "train" / "latest"
+        if not link.exists():
+            raise UserError(f"{key}=latest found no train run under {link.parent}; train one first or give {key}=<folder>.")
+        path = link.resolve()
+    else:
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise UserError(f"{key}={value} does not exist; give a run folder, a .pt checkpoint or latest.")
+    if path.is_dir():
+        for name in prefer:
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise UserError(f"{path} holds no checkpoints/{' or '.join(prefer)}; is it a train run folder?")
+    return path
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/x.pt), else the checkpoint's folder."""
+    parent = Path(checkpoint_path).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import platform
-import shutil
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +22,7 @@ import mnist_cli
 from mnist_cli import console, runs
 from mnist_cli.data import Split, TrainData, epoch_generator, eval_batches, load_train_data, normalize, train_batches
 from mnist_cli.errors import RunFailed, UserError
+from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.models import build_model, count_parameters, layer_summary
 from mnist_cli.optim import build_optimizer, build_scheduler
 
@@ -59,17 +60,22 @@ def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: int) -> Tuple[float, float]:
-    """One pass over the training split; returns (mean loss, accuracy) with one host sync at the end."""
+def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: int, start_step: int, sums, stop, save_partial):
+    """One pass over the training split from `start_step`; returns (mean loss, accuracy) with one host
+    sync at the end, or None when a signal asked to stop (after save_partial has written last.pt).
+
+    `sums` are the running (loss sum, correct count) of the steps already done; every
+    checkpoint.every_n_steps steps, and on a signal, save_partial(step, sums) writes last.pt.
+    """
     model.train()
     device = data.train.images.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum, correct = sums if sums is not None else (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     pad = AUGMENT_PAD if cfg.model.augment else 0
     steps = -(-len(data.train) // cfg.batch_size)
-    batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad)
-    with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps) as advance:
-        for images, labels in batches:
+    every = cfg.checkpoint.every_n_steps
+    batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad, start_step)
+    with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
+        for step, (images, labels) in enumerate(batches, start_step + 1):
             logits = model(to_model_input(images, data, cfg.channels_last))
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -80,6 +86,10 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             advance()
+            if step < steps and (stop.signal is not None or (every and step % every == 0)):
+                save_partial(step, (loss_sum, correct))
+                if stop.signal is not None:
+                    return None
     n = len(data.train)
     return loss_sum.item() / n, correct.item() / n
 
@@ -105,9 +115,25 @@ def summary_metric(summary: Dict, path: str) -> float:
     return float(value)
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None) -> float:
-    """Train as `cfg` says, writing the run folder `run_dir`; returns cfg.optimized_metric
-    (best validation accuracy by default) for a sweeper."""
+def restore(state: Dict, model, optimizer, scheduler, total_steps: int) -> None:
+    """Put model, optimizer, scheduler and RNGs back as `state` (a checkpoint) had them."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+        # epochs raised on resume: stretch the per-batch schedule to the new length
+        for length_key in ("total_steps", "T_max"):
+            if hasattr(scheduler, length_key):
+                setattr(scheduler, length_key, total_steps)
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and state["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, resume_state: Optional[Dict] = None) -> float:
+    """Train as `cfg` says, writing the run folder `run_dir` (continuing from `resume_state`, a
+    checkpoint of that run, when given); returns cfg.optimized_metric (best validation accuracy
+    by default) for a sweeper."""
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(cfg.device)
@@ -124,6 +150,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs)
 
     run_dir = Path(run_dir)
+    last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
     params = count_parameters(model)
@@ -138,7 +165,37 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     best: Dict = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
-    row: Dict = {}
+    last_improvement, row, start_epoch, start_step, sums = 0, {}, 1, 0, None
+    if resume_state is not None:
+        restore(resume_state, model, optimizer, scheduler, steps_per_epoch * cfg.epochs)
+        best, row = resume_state["best"], resume_state["metrics"] or {}
+        last_improvement = resume_state["last_improvement"]
+        start_epoch, start_step = resume_state["epoch"] + 1, resume_state["step"]
+        if resume_state["partial"] is not None:
+            sums = tuple(t.to(device) for t in resume_state["partial"])
+        runs.keep_metrics_until(run_dir, resume_state["epoch"], resume_state["metrics"])
+        console.say(f"resuming {run_dir} at epoch {start_epoch}, step {start_step}")
+
+    def checkpoint(epoch_done: int, step: int, partial) -> Dict:
+        """Everything needed to continue after `epoch_done` epochs and `step` steps of the next."""
+        return {
+            "format": runs.CHECKPOINT_FORMAT,
+            "format_version": runs.CHECKPOINT_VERSION,
+            "epoch": epoch_done,
+            "step": step,
+            "partial": None if partial is None else tuple(t.detach().cpu() for t in partial),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "metrics": row,
+            "best": best,
+            "last_improvement": last_improvement,
+            "config": config,
+            "classes": data.classes,
+            "normalization": {"mean": data.mean, "std": data.std},
+            "versions": versions(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+        }
 
     def finish(status: str) -> Dict:
         """Write summary.json for the run as it stands; returns it."""
@@ -157,7 +214,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None)
             "best": best,
             "final": row,
             "wall_seconds": round(wall, 3),
-            "seconds_per_epoch": round(wall / max(1, row.get("epoch", 0)), 3),
+            "seconds_per_epoch": round(wall / max(1, row.get("epoch", 0) - start_epoch + 1), 3),
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(),
@@ -165,56 +222,65 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None)
             "started_at": started_at,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if status == "early_stopped":
+            summary["early_stopping"] = {"patience": cfg.early_stopping.patience, "min_delta": cfg.early_stopping.min_delta,
+                                         "last_improvement": last_improvement}  # fmt: skip
         runs.write_json(run_dir / "summary.json", summary)
         return summary
-    for epoch in range(1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, optimizer, scheduler, data, cfg, epoch)
-        if not math.isfinite(train_loss):
-            finish("diverged")
-            kept = f"; the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'}" if epoch > 1 else ""
-            raise RunFailed(
-                f"the training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {cfg.optimizer.lr:g}) "
-                f"and train again{kept}."
-            )
-        val_loss, val_acc = evaluate(model, data.val, data, cfg)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - epoch_start, 3),
-        }
-        runs.append_metrics(run_dir, row)
-        console.say(console.epoch_line(row, cfg.epochs))
 
-        is_best = val_acc > best["val_accuracy"]
-        if is_best:
-            best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
-        checkpoint = {
-            "format": runs.CHECKPOINT_FORMAT,
-            "format_version": runs.CHECKPOINT_VERSION,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "metrics": row,
-            "best": best,
-            "config": config,
-            "classes": data.classes,
-            "normalization": {"mean": data.mean, "std": data.std},
-            "versions": versions(),
-            "rng": {"torch": torch.get_rng_state()},
-        }
-        last = run_dir / "checkpoints" / "last.pt"
-        runs.save_checkpoint(last, checkpoint)
-        if is_best:
-            with open(last, "rb") as source:
-                runs.atomic_write(run_dir / "checkpoints" / "best.pt", lambda f: shutil.copyfileobj(source, f))
+    status = "completed"
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
 
-    summary = finish("completed")
+            def save_partial(step: int, partial) -> None:
+                runs.save_checkpoint(last, checkpoint(epoch - 1, step, partial))
+
+            result = train_one_epoch(model, optimizer, scheduler, data, cfg, epoch, start_step, sums, stop, save_partial)
+            start_step, sums = 0, None
+            if result is None:  # a signal: last.pt already holds this step
+                finish("interrupted")
+                name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+                raise Interrupted(stop.signal, f"stopped by {name} in epoch {epoch}; last.pt is saved. Continue with: mnist train resume={run_dir}")
+            train_loss, train_acc = result
+            if not math.isfinite(train_loss):
+                finish("diverged")
+                kept = f"; the last good checkpoint is {last}" if epoch > 1 else ""
+                raise RunFailed(
+                    f"the training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {cfg.optimizer.lr:g}) "
+                    f"and train again{kept}."
+                )
+            val_loss, val_acc = evaluate(model, data.val, data, cfg)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - epoch_start, 3),
+            }
+            runs.append_metrics(run_dir, row)
+            console.say(console.epoch_line(row, cfg.epochs))
+
+            is_best = val_acc > best["val_accuracy"]
+            if val_acc > best["val_accuracy"] + cfg.early_stopping.min_delta:
+                last_improvement = epoch
+            if is_best:
+                best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
+            runs.save_checkpoint(last, checkpoint(epoch, 0, None))
+            if is_best:
+                runs.copy_atomically(last, best_path)
+            if stop.signal is not None and epoch < cfg.epochs:  # a signal during evaluation or saving
+                finish("interrupted")
+                raise Interrupted(stop.signal, f"stopped after epoch {epoch}; last.pt is saved. Continue with: mnist train resume={run_dir}")
+            patience = cfg.early_stopping.patience
+            if patience and epoch - last_improvement >= patience and epoch < cfg.epochs:
+                console.say(f"early stopping: no val_acc gain above {cfg.early_stopping.min_delta} in {patience} epochs")
+                status = "early_stopped"
+                break
+
+    summary = finish(status)
     console.say(f"best val_acc {best['val_accuracy']:.2%} at epoch {best['epoch']}; {summary['wall_seconds']:.1f}s in all; run folder:")
     console.say(str(run_dir))
     return summary_metric(summary, cfg.optimized_metric)

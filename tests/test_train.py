@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -102,7 +101,7 @@ def test_fashion_mnist_cnn_with_uncompressed_idx_files(workdir, cli_env):
 def test_data_limit_uses_only_the_first_images(workdir, cli_env):
     result = run_mnist("train", "model=lenet", "data.limit=300", "epochs=1", "data.val_size=50", cwd=workdir, env=cli_env)
     assert result.returncode == 0, result.stderr
-    assert f"250 train / 50 val images" in result.stdout
+    assert "250 train / 50 val images" in result.stdout
     assert str(TRAIN_SIZE - 100) not in result.stdout
 
 

@@ -1,0 +1,43 @@
+"""Ctrl-C and SIGTERM during training: finish the current step, save, exit 130 / 143.
+
+A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Optional
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM while installed; the training loop checks `.signal` after each step."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._previous = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None:  # asked twice: stop now
+            os._exit(128 + signum)
+        self.signal = signum
+
+    def __enter__(self) -> "StopRequest":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving; the CLI exits 128 + signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
