@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
     "eval": "metrics of a trained run on a split; exit 1 below min_accuracy (CI gate)",
     "predict": "classify image files or dataset samples with a trained run",
+    "export": "a trained run as one TorchScript or ONNX file: mnist export run=latest format=onnx",
     "report": "leaderboard of the runs below a folder: mnist report outputs/ sort=val_loss top=10",
 }
 
@@ -109,7 +110,21 @@ def _predict(cfg, runtime):
     return None, predict_command(cfg, runtime.runtime.output_dir)
 
 
-RUNNERS = {"train": _train, "eval": _eval, "predict": _predict}
+def _export(cfg, runtime):
+    from mnist_cli.export import export_command
+
+    return None, export_command(cfg)
+
+
+RUNNERS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export}
+
+
+def _quiet_rank(args: List[str]) -> List[str]:
+    """Under torchrun, processes other than rank 0 write nothing: Hydra gets a throwaway folder."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"mnist-cli-rank{os.environ['RANK']}-")
+    return [*args, f"hydra.run.dir='{scratch}'", "hydra.output_subdir=null", "hydra/job_logging=none"]
 
 
 def _check_outputs_dir(args: List[str]) -> None:
@@ -181,11 +196,18 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         args = _resume_in_place(args)
     if command in ("train", "predict"):
         _check_outputs_dir(args)
+    if command == "train" and int(os.environ.get("RANK", "0")) > 0:
+        args = _quiet_rank(args)
     app = hydra.main(config_path="pkg://mnist_cli.conf", config_name=command, version_base="1.3")(task)
     saved_argv = sys.argv
     sys.argv = [f"mnist {command}", *args]
     try:
         app()
+    except Exception as error:  # Hydra's own usage errors, raised before our task runs
+        if task_started:
+            raise
+        print(f"mnist {command}: {error}", file=sys.stderr)
+        return 2
     except SystemExit as exit:
         code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
         # Hydra exits 1 when it rejects the command line or the config, before our task starts.

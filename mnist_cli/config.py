@@ -258,6 +258,14 @@ class PredictConfig:
     data: SourceDataConfig = field(default_factory=SourceDataConfig)
 
 
+@dataclass
+class ExportConfig:
+    run: str = MISSING
+    format: str = "torchscript"  # torchscript | onnx
+    output: Optional[str] = None
+    outputs_dir: str = "outputs"
+
+
 GROUP_SCHEMAS = {
     "model": {"mlp": MLPConfig, "cnn": CNNConfig, "lenet": LeNetConfig},
     "optimizer": {
@@ -285,6 +293,7 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="eval_schema", node=EvalConfig)
     store.store(name="predict_schema", node=PredictConfig)
+    store.store(name="export_schema", node=ExportConfig)
     for group, options in GROUP_SCHEMAS.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)

@@ -20,6 +20,11 @@ if not console.is_terminal:
     console.width = max(console.width, 160)  # CI logs: do not squeeze tables into 80 columns
 
 
+def silence() -> None:
+    """Print nothing more (the other processes of a torchrun job; the main one speaks)."""
+    console.quiet = True
+
+
 def say(message: str) -> None:
     """Print one line and log it."""
     console.print(message, markup=False, soft_wrap=True)  # never wrap: CI logs and scripts read these

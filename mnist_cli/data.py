@@ -164,10 +164,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_batches(
-    split: Split, batch_size: int, generator: torch.Generator, augment_pad: int = 0, skip: int = 0
+    split: Split, batch_size: int, generator: torch.Generator, augment_pad: int = 0, skip: int = 0,
+    rank: int = 0, world_size: int = 1,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield shuffled (uint8 images, labels) batches, from batch number `skip` on (resuming
-    mid-epoch); images shifted when augment_pad > 0. The same generator state gives the same batches."""
+    mid-epoch); images shifted when augment_pad > 0. The same generator state gives the same batches.
+    Under torchrun every process draws the same order and takes share `rank` of each global batch."""
     n = len(split)
     device = split.images.device
     order = torch.randperm(n, generator=generator).to(device)
@@ -175,10 +177,10 @@ def train_batches(
     if augment_pad > 0:
         shifts = torch.randint(-augment_pad, augment_pad + 1, (n, 2), generator=generator).to(device)
     for start in range(skip * batch_size, n, batch_size):
-        idx = order[start : start + batch_size]
+        idx = order[start : start + batch_size][rank::world_size]
         images = split.images[idx]
         if shifts is not None:
-            images = shift_images(images, shifts[start : start + batch_size], augment_pad)
+            images = shift_images(images, shifts[start : start + batch_size][rank::world_size], augment_pad)
         yield images, split.labels[idx]
 
 

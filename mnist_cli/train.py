@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import mnist_cli
 from mnist_cli import console, runs
+from mnist_cli import distributed
+from mnist_cli.distributed import World, all_sum, any_true
 from mnist_cli.data import Split, TrainData, epoch_generator, eval_batches, load_train_data, normalize, train_batches
 from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.interrupt import Interrupted, StopRequest
@@ -60,12 +62,14 @@ def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: int, start_step: int, sums, stop, save_partial):
+def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: int, start_step: int, sums, stop, save_partial,
+                    world: World = World()):
     """One pass over the training split from `start_step`; returns (mean loss, accuracy) with one host
     sync at the end, or None when a signal asked to stop (after save_partial has written last.pt).
 
     `sums` are the running (loss sum, correct count) of the steps already done; every
     checkpoint.every_n_steps steps, and on a signal, save_partial(step, sums) writes last.pt.
+    Under torchrun each process trains on its share of every global batch; sums are all-reduced.
     """
     model.train()
     device = data.train.images.device
@@ -73,7 +77,7 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
     pad = AUGMENT_PAD if cfg.model.augment else 0
     steps = -(-len(data.train) // cfg.batch_size)
     every = cfg.checkpoint.every_n_steps
-    batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad, start_step)
+    batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad, start_step, world.rank, world.size)
     with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
         for step, (images, labels) in enumerate(batches, start_step + 1):
             logits = model(to_model_input(images, data, cfg.channels_last))
@@ -86,24 +90,28 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             advance()
-            if step < steps and (stop.signal is not None or (every and step % every == 0)):
+            stopping = step < steps and any_true(stop.signal is not None, world, device)
+            if stopping or (step < steps and every and step % every == 0):
                 save_partial(step, (loss_sum, correct))
-                if stop.signal is not None:
+                if stopping:
                     return None
     n = len(data.train)
+    all_sum(loss_sum, world), all_sum(correct, world)
     return loss_sum.item() / n, correct.item() / n
 
 
 @torch.no_grad()
-def evaluate(model, split: Split, data: TrainData, cfg) -> Tuple[float, float]:
-    """Returns (mean loss, accuracy) of `model` on `split`."""
+def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) -> Tuple[float, float]:
+    """Returns (mean loss, accuracy) of `model` on `split` (under torchrun: each process a share)."""
     model.eval()
     loss_sum = torch.zeros((), device=split.images.device)
     correct = torch.zeros((), device=split.images.device, dtype=torch.long)
-    for images, labels in eval_batches(split, cfg.eval_batch_size):
+    share = Split(split.images[world.rank :: world.size], split.labels[world.rank :: world.size])
+    for images, labels in eval_batches(share, cfg.eval_batch_size):
         logits = model(to_model_input(images, data, cfg.channels_last))
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
+    all_sum(loss_sum, world), all_sum(correct, world)
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
@@ -137,9 +145,23 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(cfg.device)
+    world = distributed.join(device)
+    try:
+        return _train(cfg, Path(run_dir), overrides, resume_state, device, world, started, started_at)
+    finally:
+        distributed.leave(world)
+
+
+def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, started: float, started_at: str) -> float:
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + world.rank)  # dropout differs per process, as it would per batch
+    main = world.is_main
+    if not main:
+        console.silence()
 
     data = load_train_data(cfg, device)
     model = build_model(cfg.model, num_classes=len(data.classes)).to(device)
@@ -148,19 +170,21 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     steps_per_epoch = -(-len(data.train) // cfg.batch_size)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
 
-    run_dir = Path(run_dir)
     last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
     params = count_parameters(model)
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
-    (run_dir / "model.txt").write_text(console.render_text(table))
+    if main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
+        (run_dir / "model.txt").write_text(console.render_text(table))
     console.show_table(table)
     console.say(
         f"{cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val images on {device}; "
         f"{cfg.model.name} ({params:,} parameters), {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
         f"scheduler {cfg.scheduler.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+        + (f", {world.size} processes" if world.size > 1 else "")
     )
 
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -171,9 +195,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         best, row = resume_state["best"], resume_state["metrics"] or {}
         last_improvement = resume_state["last_improvement"]
         start_epoch, start_step = resume_state["epoch"] + 1, resume_state["step"]
-        if resume_state["partial"] is not None:
-            sums = tuple(t.to(device) for t in resume_state["partial"])
-        runs.keep_metrics_until(run_dir, resume_state["epoch"], resume_state["metrics"])
+        if resume_state["partial"] is not None:  # all processes' sums: the main process carries them
+            sums = tuple(t.to(device) if main else torch.zeros_like(t, device=device) for t in resume_state["partial"])
+        if main:
+            runs.keep_metrics_until(run_dir, resume_state["epoch"], resume_state["metrics"])
         console.say(f"resuming {run_dir} at epoch {start_epoch}, step {start_step}")
 
     def checkpoint(epoch_done: int, step: int, partial) -> Dict:
@@ -222,6 +247,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
             "started_at": started_at,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if not main:
+            return summary
         if status == "early_stopped":
             summary["early_stopping"] = {"patience": cfg.early_stopping.patience, "min_delta": cfg.early_stopping.min_delta,
                                          "last_improvement": last_improvement}  # fmt: skip
@@ -234,9 +261,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
             epoch_start = time.perf_counter()
 
             def save_partial(step: int, partial) -> None:
-                runs.save_checkpoint(last, checkpoint(epoch - 1, step, partial))
+                totals = tuple(all_sum(t.detach().clone(), world) for t in partial)
+                if main:
+                    runs.save_checkpoint(last, checkpoint(epoch - 1, step, totals))
 
-            result = train_one_epoch(model, optimizer, scheduler, data, cfg, epoch, start_step, sums, stop, save_partial)
+            result = train_one_epoch(net, optimizer, scheduler, data, cfg, epoch, start_step, sums, stop, save_partial, world)
             start_step, sums = 0, None
             if result is None:  # a signal: last.pt already holds this step
                 finish("interrupted")
@@ -250,7 +279,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
                     f"the training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {cfg.optimizer.lr:g}) "
                     f"and train again{kept}."
                 )
-            val_loss, val_acc = evaluate(model, data.val, data, cfg)
+            val_loss, val_acc = evaluate(model, data.val, data, cfg, world)
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -260,7 +289,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - epoch_start, 3),
             }
-            runs.append_metrics(run_dir, row)
+            if main:
+                runs.append_metrics(run_dir, row)
             console.say(console.epoch_line(row, cfg.epochs))
 
             is_best = val_acc > best["val_accuracy"]
@@ -268,9 +298,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
                 last_improvement = epoch
             if is_best:
                 best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
-            runs.save_checkpoint(last, checkpoint(epoch, 0, None))
-            if is_best:
-                runs.copy_atomically(last, best_path)
+            if main:
+                runs.save_checkpoint(last, checkpoint(epoch, 0, None))
+                if is_best:
+                    runs.copy_atomically(last, best_path)
             if stop.signal is not None and epoch < cfg.epochs:  # a signal during evaluation or saving
                 finish("interrupted")
                 raise Interrupted(stop.signal, f"stopped after epoch {epoch}; last.pt is saved. Continue with: mnist train resume={run_dir}")

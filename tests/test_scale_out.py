@@ -1,0 +1,109 @@
+"""torchrun data-parallel training, the submitit launcher, and model export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_mnist
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+RUN = ["model=mlp", "model.hidden=[64]", "epochs=3", "batch_size=50", "data.val_size=100", "device=cpu"]
+
+
+def torchrun(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "mnist_cli", "train", *args]
+    return subprocess.run(command, cwd=cwd, env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+
+
+def final_val_accuracy(run_dir: Path) -> float:
+    return json.loads((run_dir / "summary.json").read_text())["final"]["val_accuracy"]
+
+
+def test_torchrun_two_processes_match_one_process_and_write_one_run_folder(tmp_path, cli_env):
+    single = run_mnist("train", *RUN, cwd=tmp_path / "." , env=cli_env)
+    assert single.returncode == 0, single.stderr
+    single_dir = tmp_path / single.stdout.strip().splitlines()[-1]
+
+    ddp_root = tmp_path / "ddp"
+    ddp_root.mkdir()
+    result = torchrun(*RUN, cwd=ddp_root, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    runs = [p.parent for p in (ddp_root / "outputs" / "train").glob("*/*/summary.json")]
+    assert len(runs) == 1, "only rank 0 writes a run folder"
+    ddp_dir = runs[0]
+    assert result.stdout.count("epoch 3/3") == 1  # one process speaks
+    assert abs(final_val_accuracy(ddp_dir) - final_val_accuracy(single_dir)) <= 0.05
+    evaluated = run_mnist("eval", f"run={ddp_dir}", "format=json", cwd=tmp_path, env=cli_env)  # loads in one process
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] > 0.5
+
+    resumed = torchrun(f"resume={ddp_dir}", "epochs=4", cwd=ddp_root, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in (ddp_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher is not installed: pip install -e '.[slurm]'")  # fmt: skip
+def test_submitit_local_sweep_runs_two_jobs(tmp_path, cli_env):
+    result = run_mnist("train", "-m", "hydra/launcher=submitit_local", "model=mlp,lenet", "epochs=1",
+                       "data.limit=300", "data.val_size=60", "device=cpu", cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = json.loads((sweep / "leaderboard.json").read_text())["rows"]
+    assert sorted(r["model"] for r in rows) == ["lenet", "mlp"] and all(r["status"] == "completed" for r in rows)
+
+
+def test_slurm_preset_composes(tmp_path, cli_env):
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip("hydra-submitit-launcher is not installed: pip install -e '.[slurm]'")
+    result = run_mnist("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout and "gpus_per_node: 1" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cli_env) -> Path:
+    workdir = tmp_path_factory.mktemp("export")
+    result = run_mnist("train", "model=cnn", "epochs=1", "data.val_size=100", "device=cpu", cwd=workdir, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    return workdir / result.stdout.strip().splitlines()[-1]
+
+
+def reference_logits(run_dir: Path, images: torch.Tensor) -> torch.Tensor:
+    from mnist_cli.checkpoints import load_trained
+
+    model = load_trained(str(run_dir), "outputs", torch.device("cpu"))
+    with torch.no_grad():
+        return model.model((images - model.mean) / model.std)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_writes_a_file_whose_outputs_match_the_model(fmt, trained, cli_env):
+    if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed: pip install -e '.[onnx]'")
+    result = run_mnist("export", f"run={trained}", f"format={fmt}", cwd=trained, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    images = torch.rand(32, 1, 28, 28)
+    expected = reference_logits(trained, images)
+    if fmt == "torchscript":
+        extra = {"mnist_cli.json": ""}
+        loaded = torch.jit.load(str(trained / "checkpoints" / "model.torchscript.pt"), _extra_files=extra)
+        got = loaded(images)
+        meta = json.loads(extra["mnist_cli.json"])
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(trained / "checkpoints" / "model.onnx"))
+        got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+        meta = session.get_modelmeta().custom_metadata_map
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    assert json.loads(meta["mnist_cli.classes"]) == [str(i) for i in range(10)]
+    assert json.loads(meta["mnist_cli.normalization"])["mean"] == pytest.approx(0.1307)
