@@ -77,7 +77,7 @@ def _parallel_jobs(runtime) -> int:
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
     n_jobs = launcher.get("n_jobs", -1) or 1
-    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
 def _train(cfg, runtime):
