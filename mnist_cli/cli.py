@@ -155,6 +155,30 @@ def _resume_in_place(args: List[str]) -> List[str]:
     return [*args, f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]
 
 
+def _print_help(command: str, overrides: List[str]) -> int:
+    """Print conf/<command>.yaml's help template with the composed config (the overrides applied).
+
+    Hydra's own --help builds a list of all of its plugins' config groups first, which takes
+    over a second with the sweeper/launcher plugins installed; our template never shows it.
+    """
+    import string
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf, open_dict
+
+    try:
+        with initialize_config_module(config_module="mnist_cli.conf", version_base="1.3"):
+            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
+    except Exception as error:  # a bad override: the same one-line answer as without --help
+        print(f"mnist {command}: {error}", file=sys.stderr)
+        return 2
+    template = cfg.hydra.help.template
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(string.Template(template).safe_substitute(CONFIG=OmegaConf.to_yaml(cfg)))
+    return 0
+
+
 def run_hydra_app(command: str, args: List[str]) -> int:
     """Run conf/<command>.yaml's Hydra app with `args`; config errors exit 2, like other usage errors."""
     import hydra
@@ -166,6 +190,8 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     from mnist_cli.interrupt import Interrupted
 
     register_configs()
+    if "--help" in args or "-h" in args:
+        return _print_help(command, [a for a in args if a not in ("--help", "-h", "-m", "--multirun")])
     task_started = False
     exit_code = 0
 

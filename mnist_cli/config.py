@@ -50,7 +50,8 @@ def config_groups_text() -> str:
     lines = []
     for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and not p.name.startswith("_")):
         options = sorted(f.name[: -len(".yaml")] for f in conf.joinpath(group).iterdir() if f.name.endswith(".yaml"))
-        lines.append(f"{group}: {', '.join(options)}")
+        if options:  # conf/hydra/ holds only launcher presets, listed in the footer
+            lines.append(f"{group}: {', '.join(options)}")
     return "\n".join(lines)
 
 
