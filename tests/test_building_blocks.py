@@ -80,3 +80,9 @@ def test_shuffle_is_a_function_of_seed_and_epoch():
     assert not torch.equal(order(0, 1), order(0, 2))
     assert not torch.equal(order(0, 1), order(1, 1))
     assert sorted(order(0, 1).tolist()) == list(range(100))  # every image once per epoch
+
+
+def test_speedrun_preset_overrides_the_defaults_and_yields_to_the_command_line():
+    cfg = compose_train("experiment=speedrun_cpu")
+    assert (cfg.model.name, cfg.epochs, cfg.optimizer.lr, cfg.device) == ("cnn", 3, 0.004, "cpu")
+    assert compose_train("experiment=speedrun_cpu", "epochs=5").epochs == 5
