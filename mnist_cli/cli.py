@@ -82,9 +82,6 @@ def _parallel_jobs(runtime) -> int:
 
 def _train(cfg, runtime):
     """Returns (the metric a sweeper optimises, exit code)."""
-    from mnist_cli.config import validate
-
-    validate(cfg)
     if cfg.threads is None and _parallel_jobs(runtime) > 1:  # N jobs on N cores: no oversubscription
         cfg.threads = max(1, (os.cpu_count() or 1) // _parallel_jobs(runtime))
     from mnist_cli import train  # torch is imported here, after the config is known good
@@ -119,6 +116,11 @@ def _export(cfg, runtime):
 RUNNERS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export}
 
 
+def _given(args: List[str]) -> dict:
+    """The KEY=VALUE arguments as {key: value} (before Hydra has parsed them)."""
+    return dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+
+
 def _quiet_rank(args: List[str]) -> List[str]:
     """Under torchrun, processes other than rank 0 write nothing: Hydra gets a throwaway folder."""
     import tempfile
@@ -131,8 +133,7 @@ def _check_outputs_dir(args: List[str]) -> None:
     """Fail early, in one sentence, when run folders cannot be created (Hydra would show a traceback)."""
     if any(a.startswith("--") for a in args):  # --help, --cfg, ...: nothing will be written
         return
-    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    folder = Path(values.get("outputs_dir", "outputs"))
+    folder = Path(_given(args).get("outputs_dir", "outputs"))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -143,7 +144,7 @@ def _check_outputs_dir(args: List[str]) -> None:
 
 def _resume_in_place(args: List[str]) -> List[str]:
     """With resume=<run>, make Hydra use that run's folder and leave its .hydra/ config as it was."""
-    values = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("-")}
+    values = _given(args)
     resume = values.get("resume")
     if resume in (None, "null"):
         return args
@@ -185,7 +186,7 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mnist_cli.config import register_configs
+    from mnist_cli.config import register_configs, validate
     from mnist_cli.errors import RunFailed
     from mnist_cli.interrupt import Interrupted
 
@@ -200,6 +201,7 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         task_started = True
         runtime = HydraConfig.get()
         try:
+            validate(cfg, command)  # every range check before any work (and before torch is imported)
             result, exit_code = RUNNERS[command](cfg, runtime)
             return result
         except Interrupted as stopped:

@@ -305,14 +305,38 @@ def register_configs() -> None:
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the key of the first value that is out of range."""
+SPLITS = ("test", "val", "train")
+OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("torchscript", "onnx")}
+
+
+def validate(cfg: DictConfig, command: str = "train") -> None:
+    """Raise UserError naming the key of the first value of `command`'s config that is out of range."""
 
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise UserError(f"{key} must be {rule} (got {value!r}).")
 
+    if command == "train":
+        _validate_train(cfg, need)
+        return
+    if OmegaConf.is_missing(cfg, "run"):
+        raise UserError(f"{command} needs run=<run folder | checkpoint.pt | latest>.")
+    need(cfg.format in OUTPUT_FORMATS[command], "format", f"one of {', '.join(OUTPUT_FORMATS[command])}")
+    if command == "export":
+        return
+    need(cfg.split in SPLITS, "split", f"one of {', '.join(SPLITS)}")
+    need(cfg.batch_size >= 1, "batch_size", "at least 1")
+    need(bool(_DEVICE.match(cfg.device)), "device", "one of auto, cpu, cuda, cuda:N, mps")
+    if command == "eval":
+        need(cfg.min_accuracy is None or 0 <= cfg.min_accuracy <= 1, "min_accuracy", "a fraction in [0, 1]")
+    if command == "predict":
+        if not cfg.inputs and not cfg.indices:
+            raise UserError("predict needs inputs=[file.png,folder/] or indices=[0,1,2].")
+        need(cfg.topk >= 1, "topk", "at least 1")
+
+
+def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.epochs >= 1, "epochs", "at least 1")
     need(cfg.batch_size >= 1, "batch_size", "at least 1")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "at least 1")

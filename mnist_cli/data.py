@@ -184,6 +184,11 @@ def train_batches(
         yield images, split.labels[idx]
 
 
+def batches_per_epoch(split: Split, batch_size: int) -> int:
+    """How many (global) batches train_batches yields in a whole epoch; the last may be smaller."""
+    return -(-len(split) // batch_size)
+
+
 def eval_batches(split: Split, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches in order."""
     for start in range(0, len(split), batch_size):

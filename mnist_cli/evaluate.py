@@ -20,9 +20,6 @@ from mnist_cli.data import Split, load_dataset, load_train_data, normalize
 from mnist_cli.errors import UserError
 from mnist_cli.train import resolve_device
 
-SPLITS = ("test", "val", "train")
-
-
 def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split:
     """The split the user asked for, from the run's dataset (val/train: the run's own fixed split)."""
     run_cfg = trained.config
@@ -95,16 +92,6 @@ def show_report(report: Dict) -> None:
 
 def evaluate_command(cfg: DictConfig) -> int:
     """Run `mnist eval`; returns the exit code (1 when below min_accuracy)."""
-    if OmegaConf.is_missing(cfg, "run"):
-        raise UserError("eval needs run=<run folder | checkpoint.pt | latest>.")
-    if cfg.split not in SPLITS:
-        raise UserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r}).")
-    if cfg.format not in ("table", "json"):
-        raise UserError(f"format must be table or json (got {cfg.format!r}).")
-    if cfg.min_accuracy is not None and not 0 <= cfg.min_accuracy <= 1:
-        raise UserError(f"min_accuracy must be a fraction in [0, 1] (got {cfg.min_accuracy}).")
-    if cfg.batch_size < 1:
-        raise UserError(f"batch_size must be at least 1 (got {cfg.batch_size}).")
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.run, cfg.outputs_dir, device)
     split = load_split(trained, cfg, device)

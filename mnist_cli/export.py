@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Dict
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnist_cli import console, runs
 from mnist_cli.checkpoints import Trained, load_trained
 from mnist_cli.errors import UserError
 
-FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+FILENAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}  # formats: config.OUTPUT_FORMATS
 
 
 class WithPreprocessing(torch.nn.Module):
@@ -69,15 +69,11 @@ def to_onnx(wrapped: torch.nn.Module, example: torch.Tensor, meta: Dict[str, str
 
 def export_command(cfg: DictConfig) -> int:
     """Run `mnist export`; returns the exit code."""
-    if OmegaConf.is_missing(cfg, "run"):
-        raise UserError("export needs run=<run folder | checkpoint.pt | latest>.")
-    if cfg.format not in FORMATS:
-        raise UserError(f"format must be one of {', '.join(FORMATS)} (got {cfg.format!r}).")
     trained = load_trained(cfg.run, cfg.outputs_dir, torch.device("cpu"))
     wrapped = WithPreprocessing(trained.model, trained.mean, trained.std).eval()
     example = torch.rand(2, 1, 28, 28)
     data = (to_onnx if cfg.format == "onnx" else to_torchscript)(wrapped, example, metadata(trained))
-    target = Path(cfg.output) if cfg.output else trained.checkpoint_path.parent / FORMATS[cfg.format]
+    target = Path(cfg.output) if cfg.output else trained.checkpoint_path.parent / FILENAMES[cfg.format]
     try:
         runs.atomic_write(target, lambda f: f.write(data))
     except OSError as error:

@@ -83,15 +83,12 @@ def errors_png(path: Path, split, logits, classes: List[str], limit: int = 32) -
 
 def curves_png(path: Path, records: List[Dict]) -> Path:
     """Validation accuracy per epoch of each run in `records` (leaderboard rows), on one figure."""
-    import json
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for rank, record in enumerate(records, 1):
-        metrics = Path(record["run"]) / "metrics.jsonl"
-        if not metrics.exists():
+        epochs = runs.read_metrics(Path(record["run"]))
+        if not epochs:
             continue
-        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         label = " ".join(f"{k}={v}" for k, v in record["overrides"].items()) or Path(record["run"]).name
         ax.plot([e["epoch"] for e in epochs], [e["val_accuracy"] for e in epochs], marker="o", label=f"#{rank} {label}")
     ax.set_xlabel("epoch")

@@ -54,9 +54,7 @@ def run_record(run_dir: Path) -> Dict:
     """One leaderboard row for a run folder; unfinished runs are scored from metrics.jsonl."""
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    epochs = []
-    if (run_dir / "metrics.jsonl").exists():
-        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = runs.read_metrics(run_dir)
     best = max(epochs, key=lambda e: e["val_accuracy"], default=None)
     record = {
         "run": str(run_dir.resolve()),
@@ -68,7 +66,6 @@ def run_record(run_dir: Path) -> Dict:
         "epochs": len(epochs),
         "seconds": summary.get("wall_seconds", round(sum(e["seconds"] for e in epochs), 3)),
         "error": summary.get("error"),
-        "summary": summary,
     }
     return record
 

@@ -14,29 +14,16 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnist_cli import console, figures, runs
 from mnist_cli.checkpoints import load_trained
 from mnist_cli.errors import UserError
-from mnist_cli.evaluate import SPLITS, load_split, predict_logits
+from mnist_cli.evaluate import load_split, predict_logits
 from mnist_cli.images import ImageError, find_images, prepare
 from mnist_cli.train import resolve_device
 
 CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
-
-
-def check(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "run"):
-        raise UserError("predict needs run=<run folder | checkpoint.pt | latest>.")
-    if not cfg.inputs and not cfg.indices:
-        raise UserError("predict needs inputs=[file.png,folder/] or indices=[0,1,2].")
-    if cfg.split not in SPLITS:
-        raise UserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r}).")
-    if cfg.format not in ("table", "json"):
-        raise UserError(f"format must be table or json (got {cfg.format!r}).")
-    if cfg.topk < 1:
-        raise UserError(f"topk must be at least 1 (got {cfg.topk}).")
 
 
 def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
@@ -101,7 +88,6 @@ def show_rows(rows: List[Dict], topk: int) -> None:
 
 def predict_command(cfg: DictConfig, run_dir: Path) -> int:
     """Run `mnist predict`; returns the exit code."""
-    check(cfg)
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.run, cfg.outputs_dir, device)
     entries = collect_inputs(cfg, trained, device)

@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+from mnist_cli.errors import UserError
+
 CHECKPOINT_FORMAT = "mnist-cli-checkpoint"
 CHECKPOINT_VERSION = 1
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
@@ -60,20 +62,29 @@ def copy_atomically(source: Path, target: Path) -> None:
         atomic_write(target, lambda f: shutil.copyfileobj(src, f))
 
 
+def read_metrics(run_dir: Path) -> list:
+    """The epochs recorded in metrics.jsonl (empty when there is none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _csv_rows(rows: list, header: bool) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
 def keep_metrics_until(run_dir: Path, epoch: int, last_row: Dict[str, Any]) -> None:
     """Rewrite metrics.jsonl/csv with epochs 1..epoch only (a kill can leave one more, or one fewer:
     the checkpoint's own row fills that gap), so a resumed run never duplicates an epoch."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    rows = [r for r in rows if r["epoch"] <= epoch]
+    rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
     if epoch >= 1 and (not rows or rows[-1]["epoch"] < epoch) and last_row:
         rows.append(last_row)
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(Path(run_dir) / "metrics.csv", lambda f: f.write(text.getvalue().encode()))
+    atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    atomic_write(Path(run_dir) / "metrics.csv", lambda f: f.write(_csv_rows(rows, header=True).encode()))
 
 
 def append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
@@ -81,12 +92,9 @@ def append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     csv_path = run_dir / "metrics.csv"
-    new = not csv_path.exists()
+    header = not csv_path.exists()
     with open(csv_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        f.write(_csv_rows([row], header))
 
 
 def point_latest(link: Path, run_dir: Path) -> None:
@@ -131,8 +139,6 @@ def resolve_checkpoint(value: str, outputs_dir: str, key: str, prefer=("best.pt"
 
     `key` names the option in messages (run=, resume=).
     """
-    from mnist_cli.errors import UserError
-
     if value == "latest":
         link = Path(outputs_dir) / "train" / "latest"
         if not link.exists():

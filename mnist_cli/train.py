@@ -22,7 +22,7 @@ import mnist_cli
 from mnist_cli import console, runs
 from mnist_cli import distributed
 from mnist_cli.distributed import World, all_sum, any_true
-from mnist_cli.data import Split, TrainData, epoch_generator, eval_batches, load_train_data, normalize, train_batches
+from mnist_cli.data import Split, TrainData, batches_per_epoch, epoch_generator, eval_batches, load_train_data, normalize, train_batches
 from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.models import build_model, count_parameters, layer_summary
@@ -75,7 +75,7 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
     device = data.train.images.device
     loss_sum, correct = sums if sums is not None else (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     pad = AUGMENT_PAD if cfg.model.augment else 0
-    steps = -(-len(data.train) // cfg.batch_size)
+    steps = batches_per_epoch(data.train, cfg.batch_size)
     every = cfg.checkpoint.every_n_steps
     batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad, start_step, world.rank, world.size)
     with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
@@ -168,7 +168,7 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
-    steps_per_epoch = -(-len(data.train) // cfg.batch_size)
+    steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs)
     net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
 
@@ -255,6 +255,12 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
         runs.write_json(run_dir / "summary.json", summary)
         return summary
 
+    def interrupted(where: str) -> Interrupted:
+        """Record the interruption in summary.json; the exception tells the user how to go on."""
+        finish("interrupted")
+        name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+        return Interrupted(stop.signal or signal.SIGTERM, f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run_dir}")
+
     status = "completed"
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -268,9 +274,7 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
             result = train_one_epoch(net, optimizer, scheduler, data, cfg, epoch, start_step, sums, stop, save_partial, world)
             start_step, sums = 0, None
             if result is None:  # a signal: last.pt already holds this step
-                finish("interrupted")
-                name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
-                raise Interrupted(stop.signal, f"stopped by {name} in epoch {epoch}; last.pt is saved. Continue with: mnist train resume={run_dir}")
+                raise interrupted(f"in epoch {epoch}")
             train_loss, train_acc = result
             if not math.isfinite(train_loss):
                 finish("diverged")
@@ -302,9 +306,8 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
                 runs.save_checkpoint(last, checkpoint(epoch, 0, None))
                 if is_best:
                     runs.copy_atomically(last, best_path)
-            if stop.signal is not None and epoch < cfg.epochs:  # a signal during evaluation or saving
-                finish("interrupted")
-                raise Interrupted(stop.signal, f"stopped after epoch {epoch}; last.pt is saved. Continue with: mnist train resume={run_dir}")
+            if epoch < cfg.epochs and any_true(stop.signal is not None, world, device):  # during evaluation or saving
+                raise interrupted(f"after epoch {epoch}")
             patience = cfg.early_stopping.patience
             if patience and epoch - last_improvement >= patience and epoch < cfg.epochs:
                 console.say(f"early stopping: no val_acc gain above {cfg.early_stopping.min_delta} in {patience} epochs")

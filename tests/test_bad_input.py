@@ -19,6 +19,8 @@ CASES = {
     "bad device name": (["train", "device=tpu"], "device must be one of"),
     "val_size too large": (["train", "data.limit=100", "data.val_size=100"], "data.val_size=100 leaves no training images"),
     "batch larger than data": (["train", "data.limit=100", "data.val_size=10", "batch_size=500"], "batch_size=500 is larger"),
+    "eval on an unknown device": (["eval", "run=latest", "device=tpu"], "device must be one of"),
+    "predict with batch size 0": (["predict", "run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
 }
 if not torch.cuda.is_available():
     CASES["cuda without a GPU"] = (["train", "device=cuda"], "no CUDA GPU is available")
@@ -30,7 +32,7 @@ def test_bad_input_exits_2_with_a_clear_message(args, message, tmp_path, cli_env
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert not list((tmp_path / "outputs").glob("train/*/*")), "a failed start left a run folder"
+    assert not list((tmp_path / "outputs").glob("*/*/*")), "a failed start left a run folder"
 
 
 @pytest.mark.parametrize("download", ["false", "true"])
