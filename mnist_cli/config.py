@@ -232,10 +232,11 @@ class SourceDataConfig:
 
 
 @dataclass
-class EvalConfig:
+class UseRunConfig:
+    """What eval and predict share: the run to use, the data it reads and where it runs."""
+
     run: str = MISSING  # a run folder, a checkpoint file, or latest
     split: str = "test"  # test | val | train
-    min_accuracy: Optional[float] = None
     format: str = "table"  # table | json
     device: str = "auto"
     batch_size: int = 1000
@@ -244,19 +245,17 @@ class EvalConfig:
 
 
 @dataclass
-class PredictConfig:
-    run: str = MISSING
+class EvalConfig(UseRunConfig):
+    min_accuracy: Optional[float] = None
+
+
+@dataclass
+class PredictConfig(UseRunConfig):
     inputs: List[str] = field(default_factory=list)  # image files and folders
     indices: List[int] = field(default_factory=list)  # samples of `split`
-    split: str = "test"
     recursive: bool = False
     topk: int = 3
     save_inputs: bool = False
-    format: str = "table"
-    device: str = "auto"
-    batch_size: int = 1000
-    outputs_dir: str = "outputs"
-    data: SourceDataConfig = field(default_factory=SourceDataConfig)
 
 
 @dataclass
