@@ -108,6 +108,7 @@ class SGDConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    fused: bool = True  # one fused kernel per step where torch has one for the device; false: foreach
 
 
 @dataclass
@@ -117,6 +118,7 @@ class AdamConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    fused: bool = True  # one fused kernel per step where torch has one for the device; false: foreach
 
 
 @dataclass
@@ -142,6 +144,7 @@ class AdagradConfig:
     lr_decay: float = 0.0
     eps: float = 1e-10
     weight_decay: float = 0.0
+    fused: bool = True  # one fused kernel per step where torch has one for the device; false: foreach
 
 
 @dataclass
@@ -215,6 +218,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     channels_last: bool = True  # memory layout for conv nets: about 1.6x faster on CPU
+    precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
     threads: Optional[int] = None  # torch CPU threads; null: torch's default, or cores / parallel jobs
     optimized_metric: str = "best.val_accuracy"  # what train returns to a sweeper, from summary.json
     outputs_dir: str = "outputs"
@@ -305,6 +309,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 SPLITS = ("test", "val", "train")
+PRECISIONS = ("fp32", "bf16")
 OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("torchscript", "onnx")}
 
 
@@ -347,6 +352,7 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.early_stopping.patience is None or cfg.early_stopping.patience >= 1, "early_stopping.patience", "null or at least 1")
     need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta", "0 or more")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
+    need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(cfg.optimized_metric in SUMMARY_METRICS, "optimized_metric", f"one of {', '.join(SUMMARY_METRICS)}")
 
     opt = cfg.optimizer

@@ -113,6 +113,12 @@ def load_dataset(root: str, folder: str, train: bool, download: bool) -> Split:
     return Split(dataset.data, dataset.targets)
 
 
+def split_indices(n: int, val_size: int, split_seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return (validation, training) indices into the first n training images: a fixed split."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return order[:val_size], order[val_size:]
+
+
 def load_train_data(cfg, device: torch.device) -> TrainData:
     """Return the training and the fixed validation split of cfg.dataset, moved to `device`."""
     full = load_dataset(cfg.data.root, cfg.dataset.folder, train=True, download=cfg.data.download)
@@ -129,8 +135,7 @@ def load_train_data(cfg, device: torch.device) -> TrainData:
         raise UserError(
             f"batch_size={cfg.batch_size} is larger than the {n - cfg.data.val_size} training images; lower batch_size."
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.data.split_seed))
-    val_idx, train_idx = order[: cfg.data.val_size], order[cfg.data.val_size :]
+    val_idx, train_idx = split_indices(n, cfg.data.val_size, cfg.data.split_seed)
     return TrainData(
         train=Split(images[train_idx].to(device), labels[train_idx].to(device)),
         val=Split(images[val_idx].to(device), labels[val_idx].to(device)),

@@ -17,12 +17,20 @@ OPTIMIZERS = {
 }
 
 
+# Devices with a fused kernel per optimizer (torch >= 2.4); elsewhere fused=true falls back to
+# torch's default implementation, which computes the same update in more kernels.
+FUSED_DEVICES = {"sgd": ("cpu", "cuda"), "adam": ("cpu", "cuda"), "adamw": ("cpu", "cuda"), "adagrad": ("cpu",)}
+
+
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     """Return the optimizer named by cfg.name; every other key of cfg is its keyword argument."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     name = kwargs.pop("name")
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
+    params = list(params)
+    if kwargs.get("fused") and params[0].device.type not in FUSED_DEVICES[name]:
+        kwargs["fused"] = None
     return OPTIMIZERS[name](params, **kwargs)
 
 

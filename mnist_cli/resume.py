@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cli import runs
 from mnist_cli.errors import UserError
 
-CHANGEABLE = ("epochs", "device", "data.root", "data.download", "threads", "eval_batch_size",
+CHANGEABLE = ("epochs", "device", "precision", "data.root", "data.download", "threads", "eval_batch_size",
               "checkpoint.every_n_steps", "outputs_dir", "resume")  # fmt: skip
 
 
@@ -39,6 +39,8 @@ def continue_run(cfg: DictConfig, overrides: List[str]) -> Tuple[DictConfig, Dic
             f"with resume= you may give only {', '.join(CHANGEABLE[:-2])}."
         )
     config = OmegaConf.create(state["config"])
+    if "precision" not in config:  # checkpoints written before the key existed trained in fp32
+        config.precision = "fp32"
     for key in given:
         if key in CHANGEABLE:
             OmegaConf.update(config, key, OmegaConf.select(cfg, key), merge=False)

@@ -62,6 +62,11 @@ def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def autocast(device: torch.device, precision: str):
+    """The context forward passes run in: bf16 autocast for precision=bf16 (weights stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: int, start_step: int, sums, stop, save_partial,
                     world: World = World()):
     """One pass over the training split from `start_step`; returns (mean loss, accuracy) with one host
@@ -80,8 +85,9 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
     batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad, start_step, world.rank, world.size)
     with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
         for step, (images, labels) in enumerate(batches, start_step + 1):
-            logits = model(to_model_input(images, data, cfg.channels_last))
-            loss = F.cross_entropy(logits, labels)
+            with autocast(device, cfg.precision):
+                logits = model(to_model_input(images, data, cfg.channels_last))
+                loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -108,8 +114,9 @@ def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) 
     correct = torch.zeros((), device=split.images.device, dtype=torch.long)
     share = Split(split.images[world.rank :: world.size], split.labels[world.rank :: world.size])
     for images, labels in eval_batches(share, cfg.eval_batch_size):
-        logits = model(to_model_input(images, data, cfg.channels_last))
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        with autocast(split.images.device, cfg.precision):
+            logits = model(to_model_input(images, data, cfg.channels_last))
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     all_sum(loss_sum, world), all_sum(correct, world)
     return loss_sum.item() / len(split), correct.item() / len(split)
@@ -184,6 +191,7 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
         f"{cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val images on {device}; "
         f"{cfg.model.name} ({params:,} parameters), {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
         f"scheduler {cfg.scheduler.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+        + (f", {cfg.precision}" if cfg.precision != "fp32" else "")
         + (f", {world.size} processes" if world.size > 1 else "")
     )
 

@@ -17,6 +17,7 @@ CASES = {
     "unknown key": (["train", "epochz=3"], "epochz"),
     "dropout out of range": (["train", "model=mlp", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     "bad device name": (["train", "device=tpu"], "device must be one of"),
+    "unknown precision": (["train", "precision=fp16"], "precision must be one of fp32, bf16"),
     "val_size too large": (["train", "data.limit=100", "data.val_size=100"], "data.val_size=100 leaves no training images"),
     "batch larger than data": (["train", "data.limit=100", "data.val_size=10", "batch_size=500"], "batch_size=500 is larger"),
     "eval on an unknown device": (["eval", "run=latest", "device=tpu"], "device must be one of"),

@@ -49,6 +49,16 @@ def test_every_model_optimizer_scheduler_trains_a_few_steps(model_name, optimize
     assert model(x).shape == (16, 10)
 
 
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adam", "adamw", "adagrad"])
+def test_fused_optimizers_are_the_default_on_cpu_and_can_be_turned_off(optimizer_name):
+    params = list(torch.nn.Linear(4, 2).parameters())
+    assert build_optimizer(params, compose_train(f"optimizer={optimizer_name}").optimizer).defaults["fused"] is True
+    off = compose_train(f"optimizer={optimizer_name}", "optimizer.fused=false").optimizer
+    assert not build_optimizer(params, off).defaults["fused"]
+    meta = [torch.nn.Parameter(torch.zeros(2, device="meta"))]  # no fused kernel there: torch's default
+    assert build_optimizer(meta, compose_train(f"optimizer={optimizer_name}").optimizer).defaults["fused"] is None
+
+
 def test_schema_activations_match_the_models():
     assert set(ACTIVATIONS) == set(MODEL_ACTIVATIONS)
 

@@ -126,6 +126,20 @@ def test_resume_refuses_changes_and_trains_longer_when_asked(reference, tmp_path
     assert json.loads((copy / "summary.json").read_text())["epochs_completed"] == 5
 
 
+def test_a_run_from_before_precision_and_fused_existed_resumes(reference, tmp_path, cli_env):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(reference, copy)
+    last = copy / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["precision"], state["config"]["optimizer"]["fused"]  # as an older mnist-cli wrote it
+    torch.save(state, last)
+    longer = run_mnist("train", f"resume={copy}", "epochs=5", cwd=tmp_path, env=cli_env)
+    assert longer.returncode == 0, longer.stderr
+    assert [r["epoch"] for r in metrics(copy)] == [1, 2, 3, 4, 5]
+
+
 def test_early_stopping_stops_cleanly_and_says_so(tmp_path, cli_env):
     result = run_mnist("train", *RUN, "epochs=6", "early_stopping.patience=1", "early_stopping.min_delta=1.0",
                        cwd=tmp_path, env=cli_env)  # fmt: skip

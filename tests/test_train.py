@@ -90,6 +90,19 @@ def test_same_seed_gives_identical_metrics(mlp_run, workdir, cli_env):
     assert without_time(read_jsonl(first / "metrics.jsonl")) == without_time(read_jsonl(second / "metrics.jsonl"))
 
 
+def test_bf16_precision_trains_as_well_and_is_really_applied(mlp_run, workdir, cli_env):
+    _, fp32_run = mlp_run
+    result = run_mnist("train", "model=mlp", "model.hidden=[64]", "precision=bf16", *QUICK, cwd=workdir, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "bf16" in result.stdout
+    bf16_run = workdir / result.stdout.strip().splitlines()[-1]
+    fp32_rows, bf16_rows = read_jsonl(fp32_run / "metrics.jsonl"), read_jsonl(bf16_run / "metrics.jsonl")
+    assert [r["train_loss"] for r in bf16_rows] != [r["train_loss"] for r in fp32_rows]  # autocast changed the arithmetic
+    assert bf16_rows[-1]["val_accuracy"] >= fp32_rows[-1]["val_accuracy"] - 0.05
+    tested = run_mnist("eval", f"run={bf16_run}", "device=cpu", cwd=workdir, env=cli_env)  # weights stay fp32
+    assert tested.returncode == 0, tested.stderr
+
+
 def test_fashion_mnist_cnn_with_uncompressed_idx_files(workdir, cli_env):
     result = run_mnist("train", "dataset=fashion_mnist", "model=cnn", "scheduler=cosine", *QUICK, cwd=workdir, env=cli_env)
     assert result.returncode == 0, result.stderr
