@@ -12,12 +12,29 @@ from mnist_cli.errors import UserError
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask is cut from random bytes, 8 per 64-bit draw.
+
+    On CPU torch's bernoulli_ took ~1 ms per 128x1024 mask, a quarter of an mlp step; this takes
+    ~0.1 ms. p is rounded to a multiple of 1/256 (0.2 -> 51/256). Other devices use torch's kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        drop = round(self.p * 256)
+        if not self.training or drop == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, (-(-n // 8),), dtype=torch.int64)
+        keep = draws.view(torch.uint8)[:n].view_as(x) >= drop
+        return x * keep.to(x.dtype).mul_(256 / (256 - drop))
+
+
 def mlp(cfg, num_classes: int) -> nn.Module:
     """Flatten, then Linear -> activation -> dropout per hidden size, then the classifier."""
     layers: List[nn.Module] = [nn.Flatten()]
     width = 28 * 28
     for size in cfg.hidden:
-        layers += [nn.Linear(width, size), ACTIVATIONS[cfg.activation](), nn.Dropout(cfg.dropout)]
+        layers += [nn.Linear(width, size), ACTIVATIONS[cfg.activation](), Dropout(cfg.dropout)]
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
@@ -37,7 +54,7 @@ def cnn(cfg, num_classes: int) -> nn.Module:
         in_channels = out_channels
     layers += [
         nn.Flatten(),
-        nn.Dropout(cfg.dropout),
+        Dropout(cfg.dropout),
         nn.Linear(in_channels * 3 * 3, cfg.hidden),
         nn.ReLU(inplace=True),
         nn.Linear(cfg.hidden, num_classes),

@@ -59,6 +59,19 @@ def test_fused_optimizers_are_the_default_on_cpu_and_can_be_turned_off(optimizer
     assert build_optimizer(meta, compose_train(f"optimizer={optimizer_name}").optimizer).defaults["fused"] is None
 
 
+def test_dropout_drops_about_p_keeps_the_mean_and_is_off_in_eval():
+    from mnist_cli.models import Dropout
+
+    layer = Dropout(0.2)
+    torch.manual_seed(0)
+    out = layer(torch.ones(1000, 1000))
+    assert abs((out == 0).float().mean().item() - 0.2) < 0.005
+    assert abs(out.mean().item() - 1.0) < 0.01
+    assert not torch.equal(out, layer(torch.ones(1000, 1000)))  # a new mask each call
+    layer.eval()
+    assert torch.equal(layer(torch.ones(3, 3)), torch.ones(3, 3))
+
+
 def test_schema_activations_match_the_models():
     assert set(ACTIVATIONS) == set(MODEL_ACTIVATIONS)
 
@@ -94,5 +107,7 @@ def test_shuffle_is_a_function_of_seed_and_epoch():
 
 def test_speedrun_preset_overrides_the_defaults_and_yields_to_the_command_line():
     cfg = compose_train("experiment=speedrun_cpu")
-    assert (cfg.model.name, cfg.epochs, cfg.optimizer.lr, cfg.device) == ("cnn", 3, 0.004, "cpu")
+    assert (cfg.model.name, cfg.epochs, cfg.optimizer.lr, cfg.device, cfg.precision) == ("cnn", 3, 0.004, "cpu", "bf16")
+    gpu = compose_train("experiment=speedrun")
+    assert (gpu.model.channels, gpu.model.augment, gpu.batch_size, gpu.device) == ([32, 64, 128], False, 512, "cuda")
     assert compose_train("experiment=speedrun_cpu", "epochs=5").epochs == 5
