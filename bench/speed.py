@@ -6,8 +6,8 @@ In one process and one run, per model, on the same 55,000 training images and ba
   implementation, as the PyTorch MNIST example writes it;
 - mnist-cli: `train_one_epoch` as `mnist train` runs it (uint8 tensors on the device, batches cut
   and normalised there, fused optimizer), in fp32 and with precision=bf16.
-Each pipeline runs three epochs; the median of the last two (steady state, after one-time set-up)
-is reported.
+The three take turns, an epoch each, for four rounds; the median of rounds 2-4 (steady state,
+after one-time set-up) is reported.
 Also: time to 99% test accuracy with the speedrun preset, `mnist --help` / `mnist train --help`
 start-up, and peak memory. Writes a Markdown table.
 
@@ -27,6 +27,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +40,12 @@ from mnist_cli.models import build_model
 from mnist_cli.optim import build_optimizer
 from mnist_cli.train import train_one_epoch
 
-EPOCHS = 3  # the first is set-up; the median of the others is reported
+EPOCHS = 4  # the first is set-up; the median of the others is reported
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def peak_gpu_mb(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
 
 
 def train_config(model: str, args, *overrides: str):
@@ -57,57 +54,55 @@ def train_config(model: str, args, *overrides: str):
                                                        f"data.root={args.data_root}", f"device={args.device}", *overrides])  # fmt: skip
 
 
-def classic_epochs(cfg, device: torch.device) -> tuple:
-    """Train the way the PyTorch example does; returns (steady-state seconds per epoch, images, peak GPU MB)."""
+def classic_trainer(cfg, device: torch.device) -> Callable[[int], None]:
+    """Set up training the way the PyTorch example does; returns a function that runs one epoch."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.dataset.mean,), (cfg.dataset.std,))])
     full = datasets.MNIST(str(_extracted_root(Path(cfg.data.root), "MNIST")), train=True, transform=transform)
     _, train_idx = split_indices(len(full), cfg.data.val_size, cfg.data.split_seed)
-    dataset = torch.utils.data.Subset(full, train_idx.tolist())
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                         num_workers=1 if cuda else 0, pin_memory=cuda)  # fmt: skip
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(full, train_idx.tolist()), batch_size=cfg.batch_size,
+                                         shuffle=True, num_workers=1 if cuda else 0, pin_memory=cuda)  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg.model, 10).to(device)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     model.train()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(EPOCHS):
-        sync(device)
-        start = time.perf_counter()
+
+    def epoch(_: int) -> None:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        sync(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:]), len(dataset), peak_gpu_mb(device)
+
+    return epoch
 
 
-def our_epochs(cfg, device: torch.device) -> tuple:
-    """Train with mnist-cli's own loop; returns (steady-state seconds per epoch, images, peak GPU MB)."""
+def our_trainer(cfg, device: torch.device, stop: StopRequest) -> Callable[[int], None]:
+    """Set up mnist-cli's own loop as `mnist train` does; returns a function that runs one epoch."""
     data = load_train_data(cfg, device)
     torch.manual_seed(0)
     model = build_model(cfg.model, 10).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    with StopRequest() as stop:
-        for epoch in range(1, EPOCHS + 1):
+    return lambda number: train_one_epoch(model, optimizer, None, data, cfg, number, 0, None, stop, lambda *a: None)
+
+
+def steady_epoch_seconds(trainers: Dict[str, Callable[[int], None]], device: torch.device) -> Dict[str, float]:
+    """Run the trainers' epochs in turn (1 of each, 2 of each, ...) so that a slow spell of a shared
+    machine hits them alike; returns each one's median seconds per epoch, the first epoch left out."""
+    seconds: Dict[str, List[float]] = {name: [] for name in trainers}
+    for number in range(1, EPOCHS + 1):
+        for name, epoch in trainers.items():
             sync(device)
             start = time.perf_counter()
-            train_one_epoch(model, optimizer, None, data, cfg, epoch, 0, None, stop, lambda *a: None)
+            epoch(number)
             sync(device)
-            seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:]), len(data.train), peak_gpu_mb(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times[1:]) for name, times in seconds.items()}
 
 
 def command_seconds(args: list, repeat: int = 5) -> float:
@@ -158,13 +153,17 @@ def main() -> None:
         args.speedrun = "experiment=speedrun_cpu" if device.type == "cpu" else "experiment=speedrun"
     register_configs()
 
+    images = 60_000 - 5_000  # MNIST training images less the 5,000 held out (data.val_size): both pipelines use them
     rows = []
-    for name in args.models:
-        classic = classic_epochs(train_config(name, args, "optimizer.fused=false"), device)
-        ours = our_epochs(train_config(name, args), device)
-        ours_bf16 = our_epochs(train_config(name, args, "precision=bf16"), device)
-        rows.append((name, classic, ours, ours_bf16))
-        print(f"{name}: classic {classic[0]:.2f} s, mnist-cli {ours[0]:.2f} s, bf16 {ours_bf16[0]:.2f} s", flush=True)
+    with StopRequest() as stop:
+        for name in args.models:
+            times = steady_epoch_seconds({
+                "classic": classic_trainer(train_config(name, args, "optimizer.fused=false"), device),
+                "ours": our_trainer(train_config(name, args), device, stop),
+                "bf16": our_trainer(train_config(name, args, "precision=bf16"), device, stop),
+            }, device)  # fmt: skip
+            rows.append((name, times["classic"], times["ours"], times["bf16"]))
+            print(f"{name}: classic {times['classic']:.2f} s, mnist-cli {times['ours']:.2f} s, bf16 {times['bf16']:.2f} s", flush=True)
 
     mnist = [sys.executable, "-m", "mnist_cli"]
     help_s = command_seconds([*mnist, "--help"])
@@ -174,27 +173,25 @@ def main() -> None:
         rss = peak_rss_mb([*mnist, "train", "model=mlp", "epochs=1", f"device={args.device}", f"outputs_dir={outputs}"], env)
         fast = speedrun(mnist, [*args.speedrun.split(), f"device={args.device}"], env, outputs) if args.speedrun else None
 
-    def cell(seconds: float, images: int) -> str:
+    def cell(seconds: float) -> str:
         return f"{seconds:.2f} | {images / seconds:,.0f}"
 
     gpu = device.type == "cuda"
     machine = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
     lines = [
-        f"Machine: {machine}; torch {torch.__version__}; {date.today()}; batch {args.batch_size}; "
-        f"steady-state epoch (median of epochs 2-{EPOCHS}) on the same 55,000 training images.",
+        f"Machine: {machine}; torch {torch.__version__}; {date.today()}; batch {args.batch_size}; seconds per epoch over the "
+        f"same {images:,} training images, median of epochs 2-{EPOCHS}, the pipelines taking turns.",
         f"Command: `python bench/speed.py --device {args.device} --data-root {args.data_root}`",
         "",
-        "| model | classic s/epoch | images/s | mnist-cli s/epoch | images/s | speed-up | mnist-cli bf16 s/epoch | images/s | speed-up |"
-        + (" peak GPU MB classic / ours |" if gpu else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+        "| model | classic s/epoch | images/s | mnist-cli s/epoch | images/s | speed-up | mnist-cli bf16 s/epoch | images/s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {n} | {cell(c)} | {cell(o)} | {c / o:.1f}× | {cell(b)} | {c / b:.1f}× |" for n, c, o, b in rows],
     ]
-    for name, (cs, cn, cm), (os_, on, om), (bs, bn, bm) in rows:
-        lines.append(f"| {name} | {cell(cs, cn)} | {cell(os_, on)} | {cs / os_:.1f}× | {cell(bs, bn)} | {cs / bs:.1f}× |"
-                     + (f" {cm:.0f} / {om:.0f} |" if gpu else ""))  # fmt: skip
     lines += [
         "",
         f"`mnist --help`: {help_s:.2f} s; `mnist train --help`: {train_help_s:.2f} s (median of 5);"
-        f" peak RSS of `mnist train model=mlp epochs=1`: {rss:.0f} MB.",
+        f" peak RSS of `mnist train model=mlp epochs=1`: {rss:.0f} MB"
+        + (f"; peak GPU memory of this benchmark: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB." if gpu else "."),
     ]
     if fast:
         lines.append(
