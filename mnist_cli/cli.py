@@ -82,8 +82,9 @@ def _parallel_jobs(runtime) -> int:
 
 def _train(cfg, runtime):
     """Returns (the metric a sweeper optimises, exit code)."""
-    if cfg.threads is None and _parallel_jobs(runtime) > 1:  # N jobs on N cores: no oversubscription
-        cfg.threads = max(1, (os.cpu_count() or 1) // _parallel_jobs(runtime))
+    jobs = _parallel_jobs(runtime)
+    if cfg.threads is None and jobs > 1:  # N jobs on N cores: no oversubscription
+        cfg.threads = max(1, (os.cpu_count() or 1) // jobs)
     from mnist_cli import train  # torch is imported here, after the config is known good
 
     overrides = list(runtime.overrides.task)

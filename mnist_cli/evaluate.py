@@ -20,6 +20,7 @@ from mnist_cli.data import Split, load_dataset, load_train_data, normalize
 from mnist_cli.errors import UserError
 from mnist_cli.train import resolve_device
 
+
 def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split:
     """The split the user asked for, from the run's dataset (val/train: the run's own fixed split)."""
     run_cfg = trained.config

@@ -92,6 +92,13 @@ def _scale_longer_side(crop: np.ndarray, side: int) -> np.ndarray:
     return _resize(crop, (max(1, round(width * scale)), max(1, round(height * scale))))
 
 
+def _paste(crop: np.ndarray, top: int, left: int) -> np.ndarray:
+    """`crop` placed at (top, left) on a black 28x28 uint8 image."""
+    out = np.zeros((28, 28), dtype=np.float32)
+    out[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def mnist_style(grey: np.ndarray) -> np.ndarray:
     """Crop to the ink, scale the longer side to 20 px, put the centre of mass at the centre of 28x28."""
     crop = _scale_longer_side(_ink_crop(grey), 20)
@@ -101,18 +108,13 @@ def mnist_style(grey: np.ndarray) -> np.ndarray:
     ys, xs = np.indices(crop.shape)
     top = int(np.clip(round(14 - (ys * crop).sum() / total), 0, 28 - crop.shape[0]))
     left = int(np.clip(round(14 - (xs * crop).sum() / total), 0, 28 - crop.shape[1]))
-    out = np.zeros((28, 28), dtype=np.float32)
-    out[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return _paste(crop, top, left)
 
 
 def fashion_style(grey: np.ndarray) -> np.ndarray:
     """Trim to the object, scale the longer side to 28 px, centre it (Zalando's FashionMNIST recipe)."""
     crop = _scale_longer_side(_ink_crop(grey), 28)
-    top, left = (28 - crop.shape[0]) // 2, (28 - crop.shape[1]) // 2
-    out = np.zeros((28, 28), dtype=np.float32)
-    out[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return _paste(crop, (28 - crop.shape[0]) // 2, (28 - crop.shape[1]) // 2)
 
 
 def prepare(path: Path, dataset: str) -> np.ndarray:

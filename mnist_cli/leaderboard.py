@@ -145,13 +145,11 @@ def build(path: Path, sort: str, top: Optional[int] = None) -> List[Dict]:
     return records[:top] if top else records
 
 
-def show(folder: Path, sort: str, top: Optional[int] = None) -> List[Dict]:
-    """Print the leaderboard of the runs below `folder`; returns its records."""
+def show(folder: Path, records: List[Dict], sort: str) -> None:
+    """Print the leaderboard of `records`, the runs found below `folder`."""
     from mnist_cli.console import console
 
-    records = build(folder, sort, top)
     console.print(render(records, title=f"{folder}: {len(records)} runs, by {sort}"))
-    return records
 
 
 try:
@@ -168,6 +166,7 @@ class LeaderboardCallback(Callback):
         if not sweep_dir.is_dir():
             return
         sort = config.get("optimized_metric", "best.val_accuracy")
-        records = show(sweep_dir, sort)
+        records = build(sweep_dir, sort)
+        show(sweep_dir, records, sort)
         write(sweep_dir, records, sort)
         print(f"leaderboard: {sweep_dir / 'leaderboard.csv'}")

@@ -92,7 +92,5 @@ def report_command(args: List[str]) -> int:
     if options["format"] == "json":
         print(json.dumps({"folder": str(folder), "sort": options["sort"], "rows": leaderboard.rows_for_output(records)}, indent=2))
     else:
-        from mnist_cli.console import console
-
-        console.print(leaderboard.render(records, title=f"{folder}: {len(records)} runs, by {options['sort']}"))
+        leaderboard.show(folder, records, options["sort"])
     return 0

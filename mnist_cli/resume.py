@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cli import runs
+from mnist_cli.config import TrainConfig
 from mnist_cli.errors import UserError
 
 CHANGEABLE = ("epochs", "device", "precision", "data.root", "data.download", "threads", "eval_batch_size",
@@ -38,9 +39,9 @@ def continue_run(cfg: DictConfig, overrides: List[str]) -> Tuple[DictConfig, Dic
             f"resume continues the run as it was configured, so {', '.join(refused)} cannot change; "
             f"with resume= you may give only {', '.join(CHANGEABLE[:-2])}."
         )
-    config = OmegaConf.create(state["config"])
-    if "precision" not in config:  # checkpoints written before the key existed trained in fp32
-        config.precision = "fp32"
+    # over today's defaults: a key added since the checkpoint was written gets its default
+    # (precision: fp32); optimizer keys stay as stored (no `fused` there: torch's default)
+    config = OmegaConf.merge(OmegaConf.to_container(OmegaConf.structured(TrainConfig)), state["config"])
     for key in given:
         if key in CHANGEABLE:
             OmegaConf.update(config, key, OmegaConf.select(cfg, key), merge=False)
