@@ -1,4 +1,9 @@
-"""Finding a run's checkpoint from what a user types (`run=`), and turning it back into a model."""
+"""Checkpoints: what one holds, writing it, reading it back safely, and turning it into a model.
+
+A checkpoint is one dict (torchvision's references do the same): model, optimizer, the run's
+state (epoch, step, best, epoch history), the resolved config, classes, normalisation, versions
+and RNG states. It is written atomically and only ever loaded with weights_only=True.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cli import runs
 from mnist_cli.errors import UserError
 from mnist_cli.models import build_model
+
+FORMAT = "mnist-cli-checkpoint"
+# 2: adds "history", "overrides" and "wall_seconds"; the scheduler is rebuilt on resume, not stored
+VERSION = 2
+
+
+def save(path: Path, checkpoint: Dict[str, Any]) -> None:
+    """Write `checkpoint` to `path` atomically (raises WriteFailed; the old file stays)."""
+    runs.atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 @dataclass
@@ -40,9 +54,9 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
         raise UserError(f"{path} is a folder, not a checkpoint file.") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file).") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != runs.CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not an mnist-cli checkpoint.")
-    if checkpoint.get("format_version", 0) > runs.CHECKPOINT_VERSION:
+    if checkpoint.get("format_version", 0) > VERSION:
         raise UserError(f"{path} was written by a newer mnist-cli (checkpoint format {checkpoint['format_version']}); upgrade mnist-cli.")
     return checkpoint
 

@@ -19,7 +19,7 @@ COMMANDS = {
     "eval": "metrics of a trained run on a split; exit 1 below min_accuracy (CI gate)",
     "predict": "classify image files or dataset samples with a trained run",
     "export": "a trained run as one TorchScript or ONNX file: mnist export run=latest format=onnx",
-    "report": "leaderboard of the runs below a folder: mnist report outputs/ sort=val_loss top=10",
+    "report": "leaderboard of the runs below a folder: mnist report outputs/ sort=best_val_loss top=10",
 }
 
 USAGE = f"""usage: mnist <command> [KEY=VALUE ...] [-m] [--cfg job] [--help]
@@ -69,6 +69,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except KeyboardInterrupt:  # Ctrl-C before the command's own work began
+        print(f"mnist {command}: interrupted by Ctrl-C.", file=sys.stderr)
+        return 130
 
 
 def _parallel_jobs(runtime) -> int:
@@ -82,18 +85,24 @@ def _parallel_jobs(runtime) -> int:
 
 def _train(cfg, runtime):
     """Returns (the metric a sweeper optimises, exit code)."""
+    from mnist_cli import runs
+
+    run_dir = Path(runtime.runtime.output_dir)
+    runs.lock_run(run_dir)  # held until the process ends; a resumed run's was taken before Hydra started
     jobs = _parallel_jobs(runtime)
     if cfg.threads is None and jobs > 1:  # N jobs on N cores: no oversubscription
         cfg.threads = max(1, (os.cpu_count() or 1) // jobs)
     from mnist_cli import train  # torch is imported here, after the config is known good
 
     overrides = list(runtime.overrides.task)
-    state = None
-    if cfg.resume is not None:
+    if cfg.resume is None:
+        value = train.train(cfg, run_dir=run_dir, overrides=overrides)
+    else:
         from mnist_cli.resume import continue_run
 
-        cfg, state = continue_run(cfg, overrides)
-    return train.train(cfg, run_dir=runtime.runtime.output_dir, overrides=overrides, resume_state=state), 0
+        start = continue_run(cfg, overrides)
+        value = train.train(start.config, run_dir, overrides, start.state, start.overrides)
+    return (float("nan") if value is None else value), 0
 
 
 def _eval(cfg, runtime):
@@ -117,9 +126,20 @@ def _export(cfg, runtime):
 RUNNERS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export}
 
 
+def _overrides(args: List[str]) -> list:
+    """The KEY=VALUE arguments parsed as Hydra parses them (quotes removed); [] when Hydra would
+    refuse them anyway (it then says why itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except Exception:
+        return []
+
+
 def _given(args: List[str]) -> dict:
-    """The KEY=VALUE arguments as {key: value} (before Hydra has parsed them)."""
-    return dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    """The plain KEY=VALUE arguments as {key: value}, before Hydra has run."""
+    return {o.key_or_group: o.value() for o in _overrides(args) if not o.is_sweep_override() and not o.is_delete()}
 
 
 def _quiet_rank(args: List[str]) -> List[str]:
@@ -134,7 +154,7 @@ def _check_outputs_dir(args: List[str]) -> None:
     """Fail early, in one sentence, when run folders cannot be created (Hydra would show a traceback)."""
     if any(a.startswith("--") for a in args):  # --help, --cfg, ...: nothing will be written
         return
-    folder = Path(_given(args).get("outputs_dir", "outputs"))
+    folder = Path(str(_given(args).get("outputs_dir", "outputs")))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -143,18 +163,61 @@ def _check_outputs_dir(args: List[str]) -> None:
         raise UserError(f"outputs_dir={folder} is not writable; choose another folder.")
 
 
+def _refuse_before_hydra(args: List[str]) -> None:
+    """Mistakes Hydra would answer with a traceback, or by overwriting a run: one sentence instead."""
+    if "--shell-completion" in args or "-sc" in args:
+        raise UserError("shell completion is not supported; `mnist --help` lists the commands, `mnist <command> --help` every key.")
+    multirun = "-m" in args or "--multirun" in args
+    overrides = _overrides(args)
+    keys = {o.key_or_group for o in overrides}
+    searched = "hparams_search" in keys or "hydra/sweeper" in keys
+    for o in overrides:
+        if o.value_type is not None and o.value_type.name in ("INTERVAL_SWEEP", "RANGE_SWEEP") and not searched:
+            if o.value_type.name == "INTERVAL_SWEEP" or not multirun:
+                raise UserError(f"{o.key_or_group}=interval(...) needs a search sweeper: add hparams_search=optuna, "
+                                "or list the values to try (-m key=a,b,c).")  # fmt: skip
+    given = _given(args)
+    folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = given.get(folder_key)
+    if folder is not None and given.get("resume") in (None, "null") and Path(str(folder)).is_dir() and any(Path(str(folder)).iterdir()):
+        hint = "" if multirun else f", or continue it with resume={folder}"
+        raise UserError(f"{folder_key}={folder} is not empty; choose a new folder{hint}.")
+
+
 def _resume_in_place(args: List[str]) -> List[str]:
-    """With resume=<run>, make Hydra use that run's folder and leave its .hydra/ config as it was."""
+    """With resume=<run>, lock that run's folder and make Hydra use it, leaving its .hydra/ as it was."""
     values = _given(args)
     resume = values.get("resume")
     if resume in (None, "null"):
         return args
+    from mnist_cli import runs
     from mnist_cli.resume import run_folder
 
     if "-m" in args or "--multirun" in args:
         raise UserError("resume= continues one run; it cannot be part of a sweep (-m).")
-    folder = run_folder(resume, values.get("outputs_dir", "outputs"))
+    folder = run_folder(str(resume), str(values.get("outputs_dir", "outputs")))
+    if int(os.environ.get("RANK", "0")) == 0:
+        runs.lock_run(folder)  # before Hydra opens anything in it: a second process writes nothing
     return [*args, f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]
+
+
+PATH_KEYS = ("outputs_dir", "data.root", "resume", "run", "output")
+
+
+def _absolute_paths(cfg, cwd: str) -> None:
+    """With hydra.job.chdir=true the job runs inside its run folder: relative paths the user gave
+    (outputs_dir, data.root, inputs, ...) still mean what they meant where the command was typed."""
+    from omegaconf import OmegaConf, open_dict
+
+    def absolute(value):
+        return value if value in (None, "latest") or os.path.isabs(os.path.expanduser(value)) else os.path.join(cwd, value)
+
+    with open_dict(cfg):
+        for key in PATH_KEYS:
+            if OmegaConf.select(cfg, key, default=None) is not None:
+                OmegaConf.update(cfg, key, absolute(str(OmegaConf.select(cfg, key))), merge=False)
+        if "inputs" in cfg:
+            cfg.inputs = [absolute(str(item)) for item in cfg.inputs]
 
 
 def _print_help(command: str, overrides: List[str]) -> int:
@@ -181,13 +244,21 @@ def _print_help(command: str, overrides: List[str]) -> int:
     return 0
 
 
+def _discard_unless_resumed(command: str, cfg, runtime) -> None:
+    """Remove the folder of a train or predict run that failed to start (never an existing run)."""
+    from mnist_cli import runs
+
+    if command == "predict" or (command == "train" and cfg.get("resume") is None):
+        runs.discard_unstarted(runtime.runtime.output_dir)
+
+
 def run_hydra_app(command: str, args: List[str]) -> int:
     """Run conf/<command>.yaml's Hydra app with `args`; config errors exit 2, like other usage errors."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mnist_cli.config import register_configs, validate
+    from mnist_cli.config import check_config, register_configs
     from mnist_cli.errors import RunFailed
     from mnist_cli.interrupt import Interrupted
 
@@ -202,12 +273,21 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         task_started = True
         runtime = HydraConfig.get()
         try:
-            validate(cfg, command)  # every range check before any work (and before torch is imported)
+            if runtime.job.chdir:
+                _absolute_paths(cfg, runtime.runtime.cwd)
+            check_config(cfg, command, list(runtime.overrides.task))  # before any work, and before torch is imported
             result, exit_code = RUNNERS[command](cfg, runtime)
             return result
         except Interrupted as stopped:
             print(f"mnist {command}: {stopped}", file=sys.stderr)
             sys.exit(128 + stopped.signum)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits by itself)
+            print(f"mnist {command}: interrupted by Ctrl-C.", file=sys.stderr)
+            _discard_unless_resumed(command, cfg, runtime)
+            sys.exit(130)
+        except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as `cat` does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except (UserError, RunFailed) as error:
             from mnist_cli import runs
 
@@ -217,11 +297,15 @@ def run_hydra_app(command: str, args: List[str]) -> int:
                 return float("nan")
             if isinstance(error, RunFailed):
                 sys.exit(1)
-            if command == "predict" or (command == "train" and cfg.get("resume") is None):  # never an existing run
-                runs.discard_unstarted(runtime.runtime.output_dir)
+            _discard_unless_resumed(command, cfg, runtime)
             sys.exit(2)
+        finally:
+            from mnist_cli import runs
+
+            runs.unlock_run(runtime.runtime.output_dir)
 
     if command == "train":
+        _refuse_before_hydra(args)
         args = _resume_in_place(args)
     if command in ("train", "predict"):
         _check_outputs_dir(args)

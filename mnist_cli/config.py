@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mnist_cli.errors import UserError
-from mnist_cli.leaderboard import SUMMARY_METRICS
+from mnist_cli.metrics import SUMMARY_METRICS
 
 
 def cache_dir() -> str:
@@ -189,7 +189,7 @@ class OneCycleSchedulerConfig:
 class DataConfig:
     root: str = "${mnist_data_root:}"
     download: bool = True
-    val_size: int = 5000
+    val_size: Optional[int] = None  # null: 1/12 of the training images (5,000 of 60,000); 0: no validation
     split_seed: int = 0  # the validation split never changes with `seed`
     limit: Optional[int] = None
 
@@ -313,6 +313,24 @@ PRECISIONS = ("fp32", "bf16")
 OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("torchscript", "onnx")}
 
 
+def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:
+    """Raise UserError, in one sentence, for anything in `cfg` or the command line `overrides` that
+    cannot work: a required key removed (~key), an unknown key added (+key=...), a value out of range."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    removed = [o.key_or_group for o in parsed if o.is_delete() and not o.key_or_group.startswith("hydra")]
+    if removed:
+        raise UserError(f"~{removed[0]}: mnist {command} needs {removed[0]}; give it another value instead of removing it.")
+    if command == "train":
+        refuse_unknown_keys(cfg, [o.key_or_group for o in parsed if o.is_add() or o.is_force_add()])
+    try:
+        validate(cfg, command)
+    except OmegaConfBaseException as error:  # a key the checks need is missing or mistyped
+        raise UserError(f"{getattr(error, 'full_key', None) or 'the config'}: {str(error).splitlines()[0]}") from None
+
+
 def validate(cfg: DictConfig, command: str = "train") -> None:
     """Raise UserError naming the key of the first value of `command`'s config that is out of range."""
 
@@ -340,16 +358,53 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
         need(cfg.topk >= 1, "topk", "at least 1")
 
 
+def _schema_keys(schema: Any) -> List[str]:
+    """Every dotted key of a dataclass schema, nested ones included."""
+    tree = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False, throw_on_missing=False)
+    keys = []
+    for name, value in tree.items():
+        keys.append(name)
+        if isinstance(value, dict):
+            keys += [f"{name}.{k}" for k in value]
+    return keys
+
+
+def known_keys(cfg: DictConfig) -> List[str]:
+    """The dotted keys `mnist train` understands for the chosen group options."""
+    keys = _schema_keys(TrainConfig)
+    for group, options in GROUP_SCHEMAS.items():
+        schema = options.get(OmegaConf.select(cfg, f"{group}.name", default=None))
+        if schema is not None:
+            keys += [f"{group}.{k}" for k in _schema_keys(schema)]
+    return keys
+
+
+def refuse_unknown_keys(cfg: DictConfig, added: List[str]) -> None:
+    """Raise UserError for a key added with +key=... that the schema does not know (a typo would
+    otherwise be ignored), suggesting the closest known key."""
+    import difflib
+
+    known = set(known_keys(cfg))
+    for key in added:
+        if key in known or key in ("experiment", "hparams_search", *GROUP_SCHEMAS) or key.startswith("hydra"):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; `mnist train --help` lists every key."
+        raise UserError(f"{key} is not a key of mnist train{hint}")
+
+
 def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.epochs >= 1, "epochs", "at least 1")
     need(cfg.batch_size >= 1, "batch_size", "at least 1")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "at least 1")
     need(bool(_DEVICE.match(cfg.device)), "device", "one of auto, cpu, cuda, cuda:N, mps")
-    need(cfg.data.val_size >= 1, "data.val_size", "at least 1")
+    need(cfg.data.val_size is None or cfg.data.val_size >= 0, "data.val_size", "null (1/12 of the images), 0 (no validation) or more")
     need(cfg.data.limit is None or cfg.data.limit >= 2, "data.limit", "null or at least 2")
     every = cfg.checkpoint.every_n_steps
     need(every is None or every >= 1, "checkpoint.every_n_steps", "null or at least 1")
     need(cfg.early_stopping.patience is None or cfg.early_stopping.patience >= 1, "early_stopping.patience", "null or at least 1")
+    need(cfg.early_stopping.patience is None or cfg.data.val_size != 0, "early_stopping.patience",
+         "null when data.val_size=0 (early stopping watches the validation accuracy)")
     need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta", "0 or more")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
@@ -360,7 +415,7 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(opt.weight_decay >= 0, "optimizer.weight_decay", "0 or more")
     for key in ("momentum", "alpha", "rho"):
         if key in opt:
-            need(0 <= opt[key] < 1 or (key == "alpha" and opt[key] == 1), f"optimizer.{key}", "in [0, 1)")
+            need(0 <= opt[key] < 1, f"optimizer.{key}", "in [0, 1)")
     if "betas" in opt:
         need(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), "optimizer.betas", "two numbers in [0, 1)")
     if opt.name == "sgd":

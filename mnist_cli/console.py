@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
 from contextlib import contextmanager
 from typing import Dict, Iterator, List
 
@@ -15,7 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 log = logging.getLogger("mnist_cli")
-console = Console(highlight=False)
+CLOSED_PIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for `cat big | head`; never a failed gate's 1
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader of our output went away (`mnist eval ... | head`): stop quietly (rich exits 1)."""
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(CLOSED_PIPE_EXIT)
+
+
+console = _Console(highlight=False)
 if not console.is_terminal:
     console.width = max(console.width, 160)  # CI logs: do not squeeze tables into 80 columns
 
@@ -56,11 +68,11 @@ def show_table(table: Table) -> None:
 
 
 def epoch_line(m: Dict, epochs: int) -> str:
+    validation = f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.2%}  " if m["val_accuracy"] is not None else ""
     return (
         f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  "
         f"train_loss {m['train_loss']:.4f}  train_acc {m['train_accuracy']:.2%}  "
-        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.2%}  "
-        f"lr {m['lr']:.2e}  {m['seconds']:.1f}s"
+        f"{validation}lr {m['lr']:.2e}  {m['seconds']:.1f}s"
     )
 
 

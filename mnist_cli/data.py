@@ -119,23 +119,33 @@ def split_indices(n: int, val_size: int, split_seed: int) -> Tuple[torch.Tensor,
     return order[:val_size], order[val_size:]
 
 
+VAL_SHARE = 12  # data.val_size=null holds out 1/12 of the training images: 5,000 of 60,000
+
+
+def validation_size(cfg, n: int) -> int:
+    """How many of the n training images are held out for validation (data.val_size; null: n // 12)."""
+    return n // VAL_SHARE if cfg.data.val_size is None else cfg.data.val_size
+
+
 def load_train_data(cfg, device: torch.device) -> TrainData:
-    """Return the training and the fixed validation split of cfg.dataset, moved to `device`."""
+    """Return the training and the fixed validation split of cfg.dataset, moved to `device`
+    (an empty validation split with data.val_size=0)."""
     full = load_dataset(cfg.data.root, cfg.dataset.folder, train=True, download=cfg.data.download)
     images, labels = full.images, full.labels
     if cfg.data.limit is not None:
         images, labels = images[: cfg.data.limit], labels[: cfg.data.limit]
     n = len(labels)
-    if cfg.data.val_size >= n:
+    val_size = validation_size(cfg, n)
+    if val_size >= n:
         raise UserError(
-            f"data.val_size={cfg.data.val_size} leaves no training images out of {n}; lower data.val_size"
+            f"data.val_size={val_size} leaves no training images out of {n}; lower data.val_size"
             + (" or raise data.limit." if cfg.data.limit is not None else ".")
         )
-    if cfg.batch_size > n - cfg.data.val_size:
+    if cfg.batch_size > n - val_size:
         raise UserError(
-            f"batch_size={cfg.batch_size} is larger than the {n - cfg.data.val_size} training images; lower batch_size."
+            f"batch_size={cfg.batch_size} is larger than the {n - val_size} training images; lower batch_size."
         )
-    val_idx, train_idx = split_indices(n, cfg.data.val_size, cfg.data.split_seed)
+    val_idx, train_idx = split_indices(n, val_size, cfg.data.split_seed)
     return TrainData(
         train=Split(images[train_idx].to(device), labels[train_idx].to(device)),
         val=Split(images[val_idx].to(device), labels[val_idx].to(device)),

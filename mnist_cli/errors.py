@@ -1,9 +1,13 @@
-"""The one exception type for mistakes a user can fix: the CLI prints its message and exits 2."""
+"""The exception types for what a user sees as one sentence: the CLI prints the message and exits."""
 
 
 class UserError(Exception):
-    """Bad input (config value, path, data). Its message is one sentence that says what to do."""
+    """Bad input (config value, path, data). Its message is one sentence that says what to do; exit 2."""
 
 
 class RunFailed(Exception):
     """A run that started but could not finish (e.g. the loss became NaN); exit 1, not 2."""
+
+
+class WriteFailed(RunFailed):
+    """A file could not be written (disk full, no permission); the previous version of it is kept."""

@@ -30,6 +30,8 @@ def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split
         return Split(test.images.to(device), test.labels.to(device))
     train_cfg = OmegaConf.merge(run_cfg, {"data": {"root": root, "download": cfg.data.download}})
     data = load_train_data(train_cfg, device)
+    if cfg.split == "val" and len(data.val) == 0:
+        raise UserError("the run trained with data.val_size=0: it has no validation split; use split=test.")
     return data.val if cfg.split == "val" else data.train
 
 

@@ -1,7 +1,9 @@
-"""Leaderboards: every run folder below a path, one row each, sorted by a metric.
+"""Leaderboards: every run folder below a path, one row each, sorted by a summary metric.
 
 Used when a sweep ends (a Hydra callback) and by `mnist report`. Reads summary.json,
-metrics.jsonl and .hydra/overrides.yaml; never imports torch.
+metrics.jsonl and .hydra/overrides.yaml; never imports torch. Reading is tolerant: a damaged
+file makes its run a `damaged` row that says why, and the other runs are shown as usual.
+Writing (leaderboard.csv/json) is atomic and raises WriteFailed.
 """
 
 from __future__ import annotations
@@ -9,24 +11,24 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from mnist_cli import runs
+from mnist_cli import metrics, runs
+from mnist_cli.errors import WriteFailed
 
-COLUMNS = ("best_val_accuracy", "final_val_accuracy", "val_loss", "epochs", "seconds", "status")
-# the metric names a sweep may optimise (`optimized_metric=`), as paths into summary.json
-SUMMARY_METRICS = (
-    "best.val_accuracy", "best.val_loss", "final.val_accuracy", "final.val_loss",
-    "final.train_accuracy", "final.train_loss", "wall_seconds",
-)  # fmt: skip
-SORT_ALIASES = {"best.val_accuracy": "best_val_accuracy", "final.val_accuracy": "final_val_accuracy",
-                "best.val_loss": "val_loss", "wall_seconds": "seconds"}  # fmt: skip
+DEFAULT_SORT = "best.val_accuracy"
+METRIC_COLUMNS = tuple(m.column for m in metrics.SUMMARY_METRICS.values())
+# `epochs_done`, not `epochs`: an `epochs=3` override is a column of its own (the planned epochs)
+COLUMNS = (*METRIC_COLUMNS, "epochs_done", "status")
+BY_COLUMN = {m.column: m for m in metrics.SUMMARY_METRICS.values()}
 
 
-def lower_is_better(column: str) -> bool:
-    return "loss" in column or "seconds" in column
+def sort_metric(sort: str) -> Optional[metrics.SummaryMetric]:
+    """The summary metric `sort` names, by its dotted name (best.val_loss) or its column
+    (best_val_loss); None when it names neither."""
+    return metrics.SUMMARY_METRICS.get(sort) or BY_COLUMN.get(sort)
 
 
 def find_runs(path: Path) -> List[Path]:
@@ -36,51 +38,120 @@ def find_runs(path: Path) -> List[Path]:
     return sorted(run for run in found if not run.is_symlink() and "latest" not in run.relative_to(path).parts)
 
 
-def read_overrides(run_dir: Path) -> Dict[str, str]:
-    """The command-line overrides of a run, as {key: value}, from .hydra/overrides.yaml."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
+def read_summary(run_dir: Path) -> Tuple[Dict, Optional[str]]:
+    """(summary.json as a dict, {} when there is none or it is damaged; what is wrong with it, or None)."""
+    try:
+        text = (run_dir / "summary.json").read_text()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as error:
+        return {}, f"summary.json could not be read ({error.strerror})"
+    except ValueError:  # not UTF-8
+        return {}, "summary.json is not valid JSON"
+    if not text.strip():
+        return {}, "summary.json is empty"
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return {}, "summary.json is not valid JSON"
+    if not isinstance(summary, dict):
+        return {}, "summary.json is not a JSON object"
+    if not isinstance(summary.get("status"), str):
+        return summary, "summary.json has no status"
+    return summary, None
+
+
+def check_epochs(run_dir: Path, epochs: List[Dict]) -> Optional[str]:
+    """What is wrong with metrics.jsonl, given the rows metrics.read_epochs kept; None when nothing.
+
+    A null or NaN val_accuracy is no value (data.val_size=0, an old file); a missing one or a string is damage.
+    """
+    try:
+        lines = sum(1 for line in (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines() if line.strip())
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"metrics.jsonl could not be read ({error.strerror})"
+    if lines > len(epochs):
+        return f"metrics.jsonl has {lines - len(epochs)} unreadable line(s)"
+    for epoch in epochs:
+        value = epoch.get("val_accuracy", "")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"metrics.jsonl epoch {epoch['epoch']} has no val_accuracy number"
+    return None
+
+
+def read_overrides(run_dir: Path) -> Tuple[Dict[str, str], Optional[str]]:
+    """(the command-line overrides of a run as {key: value} from .hydra/overrides.yaml, {} when
+    there is none or it is damaged; what is wrong with it, or None)."""
+    import yaml
+
+    try:
+        items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except FileNotFoundError:
+        return {}, None
+    except OSError as error:
+        return {}, f".hydra/overrides.yaml could not be read ({error.strerror})"
+    except (ValueError, yaml.YAMLError):
+        return {}, ".hydra/overrides.yaml is not valid YAML"
+    if not isinstance(items, (list, type(None))) or not all(isinstance(item, str) for item in items or []):
+        return {}, ".hydra/overrides.yaml is not a list of overrides"
     overrides = {}
-    for line in path.read_text().splitlines():
-        item = line.removeprefix("- ").strip().strip("'\"")
+    for item in items or []:
         if "=" in item:
             key, value = item.split("=", 1)
             overrides[key.lstrip("+~")] = value
-    return overrides
+    return overrides, None
+
+
+def summary_of_epochs(epochs: List[Dict]) -> Dict:
+    """What summary.json says about these epoch rows (best, final, wall_seconds): how an unfinished
+    run is scored. Best is the first epoch with the highest val_accuracy, as in training."""
+    if not epochs:
+        return {}
+    scored = [e for e in epochs if metrics.summary_value(e, "val_accuracy") is not None]
+    seconds = [metrics.summary_value(e, "seconds") for e in epochs]
+    return {
+        "best": max(scored, key=lambda e: e["val_accuracy"], default=None),
+        "final": epochs[-1],
+        "wall_seconds": None if None in seconds else round(sum(seconds), 3),
+    }
 
 
 def run_record(run_dir: Path) -> Dict:
-    """One leaderboard row for a run folder; unfinished runs are scored from metrics.jsonl."""
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    epochs = runs.read_metrics(run_dir)
-    best = max(epochs, key=lambda e: e["val_accuracy"], default=None)
-    record = {
-        "run": str(run_dir.resolve()),
-        "overrides": read_overrides(run_dir),
-        "status": summary.get("status", "unfinished"),
-        "best_val_accuracy": best["val_accuracy"] if best else None,
-        "final_val_accuracy": epochs[-1]["val_accuracy"] if epochs else None,
-        "val_loss": best["val_loss"] if best else None,
-        "epochs": len(epochs),
-        "seconds": summary.get("wall_seconds", round(sum(e["seconds"] for e in epochs), 3)),
-        "error": summary.get("error"),
-    }
+    """One leaderboard row for a run folder: run (absolute path), overrides, a column per summary
+    metric, epochs_done, status and error. Each metric comes from summary.json, else from
+    metrics.jsonl (unfinished runs); a damaged file makes status `damaged` with the reason in
+    error, and keeps whatever could still be read."""
+    summary, summary_problem = read_summary(run_dir)
+    epochs = metrics.read_epochs(run_dir)
+    overrides, overrides_problem = read_overrides(run_dir)
+    problem = summary_problem or check_epochs(run_dir, epochs) or overrides_problem
+    from_epochs = summary_of_epochs(epochs)
+    record = {"run": str(run_dir.resolve()), "overrides": overrides}
+    for metric in metrics.SUMMARY_METRICS.values():
+        value = metrics.summary_value(summary, metric.name)
+        record[metric.column] = value if value is not None else metrics.summary_value(from_epochs, metric.name)
+    done = metrics.summary_value(summary, "epochs_completed")
+    record["epochs_done"] = int(done) if done is not None else len(epochs)
+    error = summary.get("error")
+    record["status"] = "damaged" if problem else summary.get("status", "unfinished")
+    record["error"] = problem or (None if error is None else str(error))
     return record
 
 
 def rank(records: List[Dict], sort: str) -> List[Dict]:
-    """Sorted best first by `sort` (a column, or a summary metric path); runs without it go last."""
-    column = SORT_ALIASES.get(sort, sort)
-    if column not in COLUMNS:
+    """`records` sorted best first by `sort` (a summary metric or its column), in that metric's
+    direction; runs without a value go last. Raises ValueError for an unknown `sort`."""
+    metric = sort_metric(sort)
+    if metric is None:
         raise ValueError(sort)
 
     def key(record):
-        value = record.get(column)
-        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+        value = record[metric.column]
+        if value is None:
             return (1, 0.0)
-        return (0, value if lower_is_better(column) else -value)
+        return (0, value if metric.lower_is_better else -value)
 
     return sorted(records, key=key)
 
@@ -91,7 +162,27 @@ def differing_overrides(records: List[Dict]) -> List[str]:
     return [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1 or len(records) == 1]
 
 
-HEADERS = {"best_val_accuracy": "best val acc", "final_val_accuracy": "final val acc", "val_loss": "val loss"}
+def run_name(run: str, folder: Path) -> str:
+    """A run folder as the `run` column shows it: relative to the leaderboard's folder (`3`,
+    `train/2026-11-23/10-15-02-ab12cd`, `.` for the folder itself)."""
+    try:
+        return str(Path(run).relative_to(Path(folder).resolve()))
+    except ValueError:
+        return run
+
+
+def rows_for_output(records: List[Dict], folder: Path) -> List[Dict]:
+    """Flat rows (rank, run, differing overrides, COLUMNS, error) for CSV, JSON and tables."""
+    keys = differing_overrides(records)
+    return [
+        {"rank": i + 1, "run": run_name(r["run"], folder), **{k: r["overrides"].get(k, "-") for k in keys},
+         **{c: r[c] for c in COLUMNS}, "error": r["error"]}  # fmt: skip
+        for i, r in enumerate(records)
+    ]
+
+
+def _header(column: str) -> str:
+    return column.replace("_accuracy", "_acc").replace("_", " ")
 
 
 def _cell(header: str, value) -> str:
@@ -102,25 +193,16 @@ def _cell(header: str, value) -> str:
     return str(value)
 
 
-def rows_for_output(records: List[Dict]) -> List[Dict]:
-    """Flat rows (rank, differing overrides, metric columns, run) for CSV, JSON and tables."""
-    keys = differing_overrides(records)
-    return [
-        {"rank": i + 1, **{k: r["overrides"].get(k, "-") for k in keys}, **{c: r[c] for c in COLUMNS},
-         "error": r["error"], "run": r["run"]}  # fmt: skip
-        for i, r in enumerate(records)
-    ]
-
-
-def render(records: List[Dict], title: str):
-    """A rich table; the best row highlighted, failed rows dimmed."""
+def render(rows: List[Dict], title: str):
+    """A rich table of `rows` (rows_for_output) without their errors; the best row highlighted,
+    failed, unfinished and damaged rows dimmed."""
     from rich.table import Table
 
-    rows = rows_for_output(records)
     table = Table(title=title, title_justify="left")
-    headers = [h for h in (rows[0] if rows else {"rank": 0}) if h not in ("run", "error")]
+    headers = [h for h in (rows[0] if rows else {"rank": 0}) if h != "error"]
     for header in headers:
-        table.add_column(HEADERS.get(header, header), justify="right" if header in COLUMNS or header == "rank" else "left")
+        numeric = header in METRIC_COLUMNS or header in ("rank", "epochs_done")
+        table.add_column(_header(header), justify="right" if numeric else "left")
     for i, row in enumerate(rows):
         finished = row["status"] in ("completed", "early_stopped")
         style = "bold green" if i == 0 and finished else (None if finished else "dim")
@@ -129,27 +211,33 @@ def render(records: List[Dict], title: str):
 
 
 def write(folder: Path, records: List[Dict], sort: str) -> None:
-    """leaderboard.csv and leaderboard.json in `folder`, written atomically."""
-    rows = rows_for_output(records)
+    """leaderboard.csv and leaderboard.json in `folder`, each atomically; raises WriteFailed (the
+    previous file is kept)."""
+    rows = rows_for_output(records, folder)
     text = io.StringIO()
     if rows:
         writer = csv.DictWriter(text, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     runs.atomic_write(folder / "leaderboard.csv", lambda f: f.write(text.getvalue().encode()))
-    runs.write_json(folder / "leaderboard.json", {"sort": sort, "rows": rows})
+    runs.write_json(folder / "leaderboard.json", {"folder": str(Path(folder).resolve()), "sort": sort, "rows": rows})
 
 
 def build(path: Path, sort: str, top: Optional[int] = None) -> List[Dict]:
+    """The records of every run below `path`, ranked by `sort`, the first `top` of them."""
     records = rank([run_record(run) for run in find_runs(path)], sort)
     return records[:top] if top else records
 
 
 def show(folder: Path, records: List[Dict], sort: str) -> None:
-    """Print the leaderboard of `records`, the runs found below `folder`."""
+    """Print the leaderboard of `records`, the runs found below `folder`, then each row's error."""
     from mnist_cli.console import console
 
-    console.print(render(records, title=f"{folder}: {len(records)} runs, by {sort}"))
+    rows = rows_for_output(records, folder)
+    console.print(render(rows, f"{folder}: {len(records)} runs, by {sort}"))
+    for row in rows:
+        if row["error"]:
+            console.print(f"{row['rank']}. {row['run']} ({row['status']}): {row['error']}", markup=False, soft_wrap=True)
 
 
 try:
@@ -165,8 +253,14 @@ class LeaderboardCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        sort = config.get("optimized_metric", "best.val_accuracy")
+        sort = config.get("optimized_metric", DEFAULT_SORT)
+        if sort_metric(sort) is None:  # every job already refused it; rank the sweep anyway
+            sort = DEFAULT_SORT
         records = build(sweep_dir, sort)
         show(sweep_dir, records, sort)
-        write(sweep_dir, records, sort)
+        try:
+            write(sweep_dir, records, sort)
+        except WriteFailed as error:
+            print(f"mnist train: {error}", file=sys.stderr)
+            return
         print(f"leaderboard: {sweep_dir / 'leaderboard.csv'}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -61,3 +62,28 @@ def build_scheduler(optimizer, cfg, steps_per_epoch: int, epochs: int) -> Option
             cycle_momentum=has_momentum,
         )
     raise ValueError(f"unknown scheduler {cfg.name!r}")
+
+
+def scheduler_at(optimizer, cfg, steps_per_epoch: int, epochs: int, done_steps: int):
+    """build_scheduler for a run of `epochs` epochs, stepped `done_steps` times: the optimizer's lr
+    (and cycled momentum) are then exactly those of a fresh run of that length at that step.
+
+    Resuming with more epochs rebuilds the schedule this way: patching a restored scheduler's
+    T_max / total_steps does not stretch the curve it has already computed.
+    """
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, epochs)
+    if scheduler is not None and done_steps:
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(done_steps):
+                scheduler.step()
+    return scheduler
+
+
+def load_optimizer_state(optimizer, saved: Dict) -> None:
+    """Restore the per-parameter state (moments, step counts) of `saved`, keeping the
+    hyperparameters (lr, momentum, ...) the optimizer's groups hold now (set by scheduler_at)."""
+    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, values in zip(optimizer.param_groups, hyperparameters):
+        group.update(values)

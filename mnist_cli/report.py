@@ -11,17 +11,24 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from mnist_cli import leaderboard
+from mnist_cli import leaderboard, metrics
+from mnist_cli.errors import WriteFailed
 
-USAGE = """usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true]
+SORTS = f"{', '.join(leaderboard.METRIC_COLUMNS)} (or {', '.join(metrics.SUMMARY_METRICS)})"
+SORT_TABLE = "\n".join(f"  {m.column:<22} {m.name}" for m in metrics.SUMMARY_METRICS.values())
+USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true]
 
   mnist report outputs/multirun/2026-11-23/10-20-11-x9f2     # one sweep
   mnist report outputs/                                      # every run found below a folder
-  mnist report outputs/ sort=val_loss top=10 format=json
+  mnist report outputs/ sort=best_val_loss top=10 format=json
 
-FOLDER defaults to outputs/. sort: best_val_accuracy (default), final_val_accuracy, val_loss,
-epochs, seconds. save=true writes leaderboard.csv/json, plot=true writes curves.png (validation
-accuracy per epoch of the top runs), both into FOLDER.
+FOLDER defaults to outputs/. A run whose files cannot be read is a `damaged` row that says why.
+save=true writes leaderboard.csv/json, plot=true writes curves.png (validation accuracy per epoch
+of the top runs that are not damaged), both into FOLDER.
+
+sort: a column or its summary.json name; losses and seconds lowest first, accuracies highest
+first; best_val_accuracy by default.
+{SORT_TABLE}
 """
 DEFAULTS = {"sort": "best_val_accuracy", "top": None, "format": "table", "save": False, "plot": False}
 
@@ -50,8 +57,8 @@ def parse(args: List[str]) -> Dict:
             options[key] = value.lower() == "true"
         elif key == "format" and value not in ("table", "json"):
             raise UsageError(f"format must be table or json (got {value!r}).")
-        elif key == "sort" and leaderboard.SORT_ALIASES.get(value, value) not in leaderboard.COLUMNS:
-            raise UsageError(f"sort must be one of {', '.join(leaderboard.COLUMNS[:-1])} (got {value!r}).")
+        elif key == "sort" and leaderboard.sort_metric(value) is None:
+            raise UsageError(f"sort must be one of {SORTS} (got {value!r}).")
         else:
             options[key] = value
     if len(folders) > 1:
@@ -85,12 +92,13 @@ def report_command(args: List[str]) -> int:
         if options["plot"]:
             from mnist_cli.figures import curves_png
 
-            curves_png(folder / "curves.png", records[: options["top"] or 10])
-    except OSError as error:
-        print(f"mnist report: could not write into {folder} ({error.strerror}).", file=sys.stderr)
+            plotted = [r for r in records[: options["top"] or 10] if r["status"] != "damaged"]
+            curves_png(folder / "curves.png", plotted)
+    except WriteFailed as error:  # names the file; the previous one is kept
+        print(f"mnist report: {error}", file=sys.stderr)
         return 2
     if options["format"] == "json":
-        print(json.dumps({"folder": str(folder), "sort": options["sort"], "rows": leaderboard.rows_for_output(records)}, indent=2))
+        print(json.dumps({"folder": str(folder), "sort": options["sort"], "rows": leaderboard.rows_for_output(records, folder)}, indent=2))
     else:
         leaderboard.show(folder, records, options["sort"])
     return 0

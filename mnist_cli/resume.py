@@ -1,13 +1,15 @@
 """`mnist train resume=<run folder | checkpoint | latest>`: continue a run in its own folder.
 
-The run continues as it was configured (the config stored in its checkpoint); only keys that
-do not change the experiment may be given again.
+The run continues as it was configured (the config stored in its checkpoint, or Hydra's
+.hydra/config.yaml for a run killed before its first checkpoint); only keys that do not change
+the experiment may be given again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,19 +21,63 @@ CHANGEABLE = ("epochs", "device", "precision", "data.root", "data.download", "th
               "checkpoint.every_n_steps", "outputs_dir", "resume")  # fmt: skip
 
 
+@dataclass
+class Continuation:
+    """What a resumed run starts from."""
+
+    config: DictConfig  # the run's own config, with the changeable keys given again applied
+    state: Optional[Dict]  # checkpoints/last.pt; None: killed before its first checkpoint, start at step 0
+    overrides: List[str]  # the command-line overrides the run was started with
+
+
+def _never_checkpointed(folder: Path) -> bool:
+    return folder.is_dir() and not (folder / "checkpoints" / "last.pt").is_file() and (folder / ".hydra" / "config.yaml").is_file()
+
+
+def _named(value: str, outputs_dir: str) -> Path:
+    """The path resume=<value> names (the run `latest` points to)."""
+    if value == "latest":
+        link = Path(outputs_dir) / "train" / "latest"
+        return link.resolve() if link.exists() else link
+    return Path(value).expanduser()
+
+
 def run_folder(value: str, outputs_dir: str) -> Path:
-    """The run folder that resume=<value> continues (its checkpoints/last.pt must exist)."""
+    """The run folder that resume=<value> continues: one with checkpoints/last.pt, or one killed
+    before its first checkpoint (it has Hydra's .hydra/config.yaml)."""
+    named = _named(value, outputs_dir)
+    if _never_checkpointed(named):
+        return named.resolve()
     return runs.run_dir_of(runs.resolve_checkpoint(value, outputs_dir, key="resume", prefer=("last.pt",)))
 
 
-def continue_run(cfg: DictConfig, overrides: List[str]) -> Tuple[DictConfig, Dict]:
-    """The config to continue with and the checkpoint state (last.pt) to continue from."""
+def _original_overrides(folder: Path, state: Optional[Dict]) -> List[str]:
+    if state is not None and "overrides" in state:
+        return list(state["overrides"])
+    path = folder / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.load(path)]
+    except Exception:  # missing or unreadable: the summary just lists none
+        return []
+
+
+def continue_run(cfg: DictConfig, overrides: List[str]) -> Continuation:
+    """The config, state and original overrides to continue the run resume= names."""
     from mnist_cli.checkpoints import read_checkpoint
 
-    path = runs.resolve_checkpoint(cfg.resume, cfg.outputs_dir, key="resume", prefer=("last.pt",))
-    state = read_checkpoint(path)
-    if "step" not in state:
-        raise UserError(f"{path} has no training state to continue from (written by an older mnist-cli).")
+    named = _named(cfg.resume, cfg.outputs_dir)
+    if _never_checkpointed(named):
+        folder, state = named.resolve(), None
+        try:
+            stored = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"))
+        except Exception:
+            raise UserError(f"{folder / '.hydra' / 'config.yaml'} is not readable YAML; the run cannot be resumed.") from None
+    else:
+        path = runs.resolve_checkpoint(cfg.resume, cfg.outputs_dir, key="resume", prefer=("last.pt",))
+        folder, state = runs.run_dir_of(path), read_checkpoint(path)
+        if "step" not in state:
+            raise UserError(f"{path} has no training state to continue from (written by an older mnist-cli).")
+        stored = state["config"]
     given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     refused = [key for key in given if key not in CHANGEABLE and not key.startswith("hydra")]
     if refused:
@@ -39,12 +85,16 @@ def continue_run(cfg: DictConfig, overrides: List[str]) -> Tuple[DictConfig, Dic
             f"resume continues the run as it was configured, so {', '.join(refused)} cannot change; "
             f"with resume= you may give only {', '.join(CHANGEABLE[:-2])}."
         )
-    # over today's defaults: a key added since the checkpoint was written gets its default
+    # over today's defaults: a key added since the run started gets its default
     # (precision: fp32); optimizer keys stay as stored (no `fused` there: torch's default)
-    config = OmegaConf.merge(OmegaConf.to_container(OmegaConf.structured(TrainConfig)), state["config"])
+    config = OmegaConf.merge(OmegaConf.to_container(OmegaConf.structured(TrainConfig)), stored)
     for key in given:
         if key in CHANGEABLE:
             OmegaConf.update(config, key, OmegaConf.select(cfg, key), merge=False)
-    if config.epochs < state["epoch"] or (config.epochs == state["epoch"] and state["step"] == 0):
+    config.resume = None
+    if OmegaConf.missing_keys(config):  # .hydra/config.yaml cut short: Hydra does not write it atomically
+        raise UserError(f"{folder / '.hydra' / 'config.yaml'} is incomplete (the run was stopped while it was written); "
+                        "start the run again instead of resuming it.")  # fmt: skip
+    if state is not None and (config.epochs < state["epoch"] or (config.epochs == state["epoch"] and state["step"] == 0)):
         raise UserError(f"the run already finished {state['epoch']} epochs; raise epochs= to train longer.")
-    return config, state
+    return Continuation(config, state, _original_overrides(folder, state))

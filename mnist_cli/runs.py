@@ -4,31 +4,35 @@
   .hydra/config.yaml, overrides.yaml   (written by Hydra)
   train.log  model.txt  metrics.jsonl  metrics.csv  summary.json
   checkpoints/last.pt  checkpoints/best.pt
+  .lock                                (held by the process that writes the run)
 <outputs_dir>/train/latest -> the newest run
 
 Everything a later command reads is written atomically: a temp file in the same folder, fsync,
-rename. A crash leaves the old file or the new one, never half of one.
+rename. A crash leaves the old file or the new one, never half of one. One process at a time
+writes a run folder: it holds an exclusive lock on <run>/.lock, which the kernel frees when the
+process ends, however it ends (kill -9 included).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
+import math
+import fcntl
 import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
-from mnist_cli.errors import UserError
-
-CHECKPOINT_FORMAT = "mnist-cli-checkpoint"
-CHECKPOINT_VERSION = 1
-METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-
+from mnist_cli.errors import UserError, WriteFailed
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call write(file) on a temp file next to `path`, fsync it, then rename it over `path`."""
+    """Call write(file) on a temp file next to `path`, fsync it, then rename it over `path`.
+
+    An OSError (a full disk, no permission) raises WriteFailed naming the path; `path` keeps
+    its previous content.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -37,8 +41,15 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            kept = "its previous version is kept" if path.exists() else "nothing was written"
+            reason = error.strerror or str(error)
+            raise WriteFailed(f"could not write {path} ({reason}); {kept}.") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
@@ -47,54 +58,29 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         os.close(directory)
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(data: Any, indent: Optional[int] = None) -> str:
+    """`data` as strict JSON: an infinite or NaN number becomes null, never `Infinity`."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
-
-
-def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
-    import torch
-
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    atomic_write(path, lambda f: f.write((strict_json(data, indent=2) + "\n").encode()))
 
 
 def copy_atomically(source: Path, target: Path) -> None:
     with open(source, "rb") as src:
         atomic_write(target, lambda f: shutil.copyfileobj(src, f))
-
-
-def read_metrics(run_dir: Path) -> list:
-    """The epochs recorded in metrics.jsonl (empty when there is none yet)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _csv_rows(rows: list, header: bool) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
-
-
-def keep_metrics_until(run_dir: Path, epoch: int, last_row: Dict[str, Any]) -> None:
-    """Rewrite metrics.jsonl/csv with epochs 1..epoch only (a kill can leave one more, or one fewer:
-    the checkpoint's own row fills that gap), so a resumed run never duplicates an epoch."""
-    rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
-    if epoch >= 1 and (not rows or rows[-1]["epoch"] < epoch) and last_row:
-        rows.append(last_row)
-    atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    atomic_write(Path(run_dir) / "metrics.csv", lambda f: f.write(_csv_rows(rows, header=True).encode()))
-
-
-def append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
-    """Append one epoch to metrics.jsonl and metrics.csv (header written with the first row)."""
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    csv_path = run_dir / "metrics.csv"
-    header = not csv_path.exists()
-    with open(csv_path, "a", newline="") as f:
-        f.write(_csv_rows([row], header))
 
 
 def point_latest(link: Path, run_dir: Path) -> None:
@@ -106,13 +92,49 @@ def point_latest(link: Path, run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
+LOCK_FILE = ".lock"
+_held_locks: Dict[str, int] = {}  # resolved run folder -> the open, locked file descriptor
+
+
+def lock_run(run_dir: Path) -> None:
+    """Take the exclusive write lock of `run_dir` for this process (again: nothing happens).
+
+    Raises UserError naming the PID and host of the process that holds it.
+    """
+    key = str(Path(run_dir).resolve())
+    if key in _held_locks:
+        return
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise UserError(f"cannot lock {run_dir} ({error.strerror}); is the folder writable?") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.close(fd)
+        who = f"PID {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+        raise UserError(f"{run_dir} is in use by {who}; wait until it ends (or stop it), then try again.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    _held_locks[key] = fd
+
+
+def unlock_run(run_dir: Path) -> None:
+    """Release the lock lock_run took (a no-op when this process does not hold it)."""
+    fd = _held_locks.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
 def discard_unstarted(run_dir: Path) -> None:
     """Remove a run folder that holds only what Hydra wrote before the run failed to start."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
         return
     entries = {p.name for p in run_dir.iterdir()}
-    if not entries <= {".hydra", "train.log", "checkpoints"}:
+    if not entries <= {".hydra", "train.log", "checkpoints", LOCK_FILE}:
         return
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         return
@@ -126,7 +148,12 @@ def discard_unstarted(run_dir: Path) -> None:
 def record_failure(run_dir: Path, error: str, overrides: list) -> None:
     """Mark a sweep job failed in its summary.json (keeping what a started run already wrote)."""
     path = Path(run_dir) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: the failure is what matters now
+        summary = {}
+    if not isinstance(summary, dict):
+        summary = {}
     if summary.get("status") in (None, "completed"):
         summary["status"] = "failed"
     summary.update(error=error, overrides=overrides, run_dir=str(run_dir))

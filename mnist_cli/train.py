@@ -9,9 +9,10 @@ import math
 import platform
 import signal
 import time
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +20,14 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 import mnist_cli
-from mnist_cli import console, runs
+from mnist_cli import checkpoints, console, metrics, runs
 from mnist_cli import distributed
 from mnist_cli.distributed import World, all_sum, any_true
 from mnist_cli.data import Split, TrainData, batches_per_epoch, epoch_generator, eval_batches, load_train_data, normalize, train_batches
 from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.models import build_model, count_parameters, layer_summary
-from mnist_cli.optim import build_optimizer, build_scheduler
+from mnist_cli.optim import build_optimizer, load_optimizer_state, scheduler_at
 
 AUGMENT_PAD = 2  # random shifts of up to 2 pixels when model.augment is true
 
@@ -107,8 +108,11 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
 
 
 @torch.no_grad()
-def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) -> Tuple[float, float]:
-    """Returns (mean loss, accuracy) of `model` on `split` (under torchrun: each process a share)."""
+def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) -> Tuple[Optional[float], Optional[float]]:
+    """Returns (mean loss, accuracy) of `model` on `split` (under torchrun: each process a share);
+    (None, None) for an empty split (data.val_size=0)."""
+    if len(split) == 0:
+        return None, None
     model.eval()
     loss_sum = torch.zeros((), device=split.images.device)
     correct = torch.zeros((), device=split.images.device, dtype=torch.long)
@@ -122,44 +126,160 @@ def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) 
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
-def summary_metric(summary: Dict, path: str) -> float:
-    """The value at a dotted path of summary.json, e.g. best.val_accuracy."""
-    value = summary
-    for part in path.split("."):
-        value = value[part]
-    return float(value)
+@dataclass
+class RunState:
+    """Where a run stands: what last.pt records besides the weights, and what summary.json reports."""
+
+    overrides: List[str]  # the command line the run was started with
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done in epoch + 1 (a mid-epoch checkpoint)
+    best: Dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_accuracy": None, "val_loss": None})
+    last_improvement: int = 0  # the epoch that last raised the best accuracy by more than min_delta
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one row per completed epoch
+    wall_seconds: float = 0.0  # time spent by earlier processes of this run (resumed runs)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Dict, run_dir: Path, overrides: List[str]) -> "RunState":
+        state = cls(overrides, checkpoint["epoch"], checkpoint["step"], checkpoint["best"], checkpoint["last_improvement"])
+        state.history = checkpoint.get("history") or _history_before_v2(run_dir, checkpoint)
+        state.wall_seconds = checkpoint.get("wall_seconds", sum(row.get("seconds", 0) for row in state.history))
+        return state
 
 
-def restore(state: Dict, model, optimizer, scheduler, total_steps: int) -> None:
-    """Put model, optimizer, scheduler and RNGs back as `state` (a checkpoint) had them."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-        # epochs raised on resume: stretch the per-batch schedule to the new length
-        for length_key in ("total_steps", "T_max"):
-            if hasattr(scheduler, length_key):
-                setattr(scheduler, length_key, total_steps)
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and state["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+def _history_before_v2(run_dir: Path, checkpoint: Dict) -> List[Dict]:
+    """Format-1 checkpoints hold only the last row: the epochs before it come from metrics.jsonl."""
+    rows = [r for r in metrics.read_epochs(run_dir) if r["epoch"] < checkpoint["epoch"]]
+    return rows + ([checkpoint["metrics"]] if checkpoint.get("metrics") else [])
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, resume_state: Optional[Dict] = None) -> float:
+def snapshot(model, optimizer, state: RunState, partial, config: Dict, data: TrainData, device, wall: float) -> Dict:
+    """The checkpoint dict: everything needed to continue from `state` (`partial`: the running
+    sums of a half-done epoch), and to use the model on its own."""
+    return {
+        "format": checkpoints.FORMAT,
+        "format_version": checkpoints.VERSION,
+        "epoch": state.epoch,
+        "step": state.step,
+        "partial": None if partial is None else tuple(t.detach().cpu() for t in partial),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "metrics": state.history[-1] if state.history else {},
+        "history": state.history,
+        "best": state.best,
+        "last_improvement": state.last_improvement,
+        "overrides": state.overrides,
+        "wall_seconds": round(wall, 3),
+        "config": config,
+        "classes": data.classes,
+        "normalization": {"mean": data.mean, "std": data.std},
+        "versions": versions(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+    }
+
+
+def chance_level(data: TrainData) -> Tuple[float, int]:
+    """(accuracy of always guessing the most frequent class, images it is measured on), on the
+    validation split, else the training split."""
+    labels = (data.val if len(data.val) else data.train).labels
+    return torch.bincount(labels).max().item() / len(labels), len(labels)
+
+
+def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
+    """A sentence when the best accuracy is within 3 standard errors of chance level, else None."""
+    chance, n = chance_level(data)
+    key = "val_accuracy" if len(data.val) else "train_accuracy"
+    accuracy = max((row[key] for row in state.history), default=None)
+    if accuracy is None or accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n):
+        return None
+    return (f"the run did not learn: its best {key.replace('_accuracy', '')} accuracy {accuracy:.2%} is no better than chance "
+            f"({chance:.2%}, always guessing the most frequent class); try a lower optimizer.lr.")  # fmt: skip
+
+
+@dataclass
+class Run:
+    """What the loop writes with: the run folder, its config and the objects being trained."""
+
+    cfg: DictConfig
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data: TrainData
+    device: torch.device
+    world: World
+    config: Dict  # cfg resolved, as the checkpoint stores it
+    started: float  # perf_counter() when this process started the run
+    started_at: str
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def wall(self, state: RunState) -> float:
+        return state.wall_seconds + time.perf_counter() - self.started
+
+    def save(self, state: RunState, partial=None) -> None:
+        """Write last.pt (main process only; under torchrun the running sums are all-reduced first)."""
+        totals = None if partial is None else tuple(all_sum(t.detach().clone(), self.world) for t in partial)
+        if self.world.is_main:
+            checkpoints.save(self.last, snapshot(self.model, self.optimizer, state, totals, self.config, self.data, self.device, self.wall(state)))
+
+    def finish(self, state: RunState, status: str, resumed_with: List[str]) -> Dict:
+        """Write summary.json for the run as it stands; returns it."""
+        cfg, history = self.cfg, state.history
+        summary = {
+            "status": status,
+            "run_dir": str(self.run_dir),
+            "overrides": state.overrides,
+            "dataset": cfg.dataset.name,
+            "model": cfg.model.name,
+            "optimizer": cfg.optimizer.name,
+            "scheduler": cfg.scheduler.name,
+            "parameters": count_parameters(self.model),
+            "epochs": cfg.epochs,
+            "epochs_completed": state.epoch,
+            "best": state.best,
+            "final": history[-1] if history else {},
+            "wall_seconds": round(self.wall(state), 3),
+            "seconds_per_epoch": round(sum(r["seconds"] for r in history) / len(history), 3) if history else None,
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+            "started_at": self.started_at,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if resumed_with:
+            summary["resumed_with"] = resumed_with
+        if status == "early_stopped":
+            summary["early_stopping"] = {"patience": cfg.early_stopping.patience, "min_delta": cfg.early_stopping.min_delta,
+                                         "last_improvement": state.last_improvement}  # fmt: skip
+        if history and status in ("completed", "early_stopped"):
+            warning = did_not_learn(state, self.data)
+            summary["learned"] = warning is None
+            if warning:
+                summary["warning"] = warning
+        if self.world.is_main:
+            runs.write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, resume_state: Optional[Dict] = None,
+          original_overrides: Optional[List[str]] = None) -> Optional[float]:
     """Train as `cfg` says, writing the run folder `run_dir` (continuing from `resume_state`, a
-    checkpoint of that run, when given); returns cfg.optimized_metric (best validation accuracy
-    by default) for a sweeper."""
+    checkpoint of that run, when given; from step 0 when `original_overrides` is given without
+    one); returns cfg.optimized_metric from summary.json (None if the run has no such number)."""
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(cfg.device)
     world = distributed.join(device)
     try:
-        return _train(cfg, Path(run_dir), overrides, resume_state, device, world, started, started_at)
+        return _train(cfg, Path(run_dir), list(overrides or []), resume_state, original_overrides, device, world, started, started_at)
     finally:
         distributed.leave(world)
 
 
-def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, started: float, started_at: str) -> float:
+def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_overrides, device, world: World,
+           started: float, started_at: str) -> Optional[float]:
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -170,22 +290,28 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
     if not main:
         console.silence()
 
+    resumed = resume_state is not None or original_overrides is not None
+    if resume_state is not None:
+        state = RunState.from_checkpoint(resume_state, run_dir, original_overrides or [])
+    else:
+        state = RunState(original_overrides if resumed else overrides)
     data = load_train_data(cfg, device)
     model = build_model(cfg.model, num_classes=len(data.classes)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs)
+    # the schedule of a run this long, at the step the run has reached (raised epochs stretch it)
+    scheduler = scheduler_at(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs, state.epoch * steps_per_epoch + state.step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+    run = Run(cfg, run_dir, model, optimizer, data, device, world, OmegaConf.to_container(cfg, resolve=True), started, started_at)
 
-    last, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     params = count_parameters(model)
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
-        (run_dir / "model.txt").write_text(console.render_text(table))
+        runs.atomic_write(run_dir / "model.txt", lambda f: f.write(console.render_text(table).encode()))
     console.show_table(table)
     console.say(
         f"{cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val images on {device}; "
@@ -195,98 +321,44 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
         + (f", {world.size} processes" if world.size > 1 else "")
     )
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    best: Dict = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
-    last_improvement, row, start_epoch, start_step, sums = 0, {}, 1, 0, None
+    sums = None
     if resume_state is not None:
-        restore(resume_state, model, optimizer, scheduler, steps_per_epoch * cfg.epochs)
-        best, row = resume_state["best"], resume_state["metrics"] or {}
-        last_improvement = resume_state["last_improvement"]
-        start_epoch, start_step = resume_state["epoch"] + 1, resume_state["step"]
+        model.load_state_dict(resume_state["model"])
+        load_optimizer_state(optimizer, resume_state["optimizer"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        if torch.cuda.is_available() and resume_state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(resume_state["rng"]["cuda"])
         if resume_state["partial"] is not None:  # all processes' sums: the main process carries them
             sums = tuple(t.to(device) if main else torch.zeros_like(t, device=device) for t in resume_state["partial"])
-        if main:
-            runs.keep_metrics_until(run_dir, resume_state["epoch"], resume_state["metrics"])
-        console.say(f"resuming {run_dir} at epoch {start_epoch}, step {start_step}")
+    if resumed:
+        if main:  # metrics files as the checkpoint knows them: no torn line, no epoch twice
+            metrics.write_epochs(run_dir, state.history)
+        console.say(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+    resumed_with = overrides if resumed else []
 
-    def checkpoint(epoch_done: int, step: int, partial) -> Dict:
-        """Everything needed to continue after `epoch_done` epochs and `step` steps of the next."""
-        return {
-            "format": runs.CHECKPOINT_FORMAT,
-            "format_version": runs.CHECKPOINT_VERSION,
-            "epoch": epoch_done,
-            "step": step,
-            "partial": None if partial is None else tuple(t.detach().cpu() for t in partial),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "metrics": row,
-            "best": best,
-            "last_improvement": last_improvement,
-            "config": config,
-            "classes": data.classes,
-            "normalization": {"mean": data.mean, "std": data.std},
-            "versions": versions(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-        }
-
-    def finish(status: str) -> Dict:
-        """Write summary.json for the run as it stands; returns it."""
-        wall = time.perf_counter() - started
-        summary = {
-            "status": status,
-            "run_dir": str(run_dir),
-            "overrides": list(overrides or []),
-            "dataset": cfg.dataset.name,
-            "model": cfg.model.name,
-            "optimizer": cfg.optimizer.name,
-            "scheduler": cfg.scheduler.name,
-            "parameters": params,
-            "epochs": cfg.epochs,
-            "epochs_completed": row.get("epoch", 0),
-            "best": best,
-            "final": row,
-            "wall_seconds": round(wall, 3),
-            "seconds_per_epoch": round(wall / max(1, row.get("epoch", 0) - start_epoch + 1), 3),
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "threads": torch.get_num_threads(),
-            "versions": versions(),
-            "started_at": started_at,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if not main:
-            return summary
-        if status == "early_stopped":
-            summary["early_stopping"] = {"patience": cfg.early_stopping.patience, "min_delta": cfg.early_stopping.min_delta,
-                                         "last_improvement": last_improvement}  # fmt: skip
-        runs.write_json(run_dir / "summary.json", summary)
-        return summary
-
-    def interrupted(where: str) -> Interrupted:
+    def interrupted(stop: StopRequest, where: str) -> Interrupted:
         """Record the interruption in summary.json; the exception tells the user how to go on."""
-        finish("interrupted")
+        run.finish(state, "interrupted", resumed_with)
         name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
         return Interrupted(stop.signal or signal.SIGTERM, f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run_dir}")
 
     status = "completed"
     with StopRequest() as stop:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
             epoch_start = time.perf_counter()
 
             def save_partial(step: int, partial) -> None:
-                totals = tuple(all_sum(t.detach().clone(), world) for t in partial)
-                if main:
-                    runs.save_checkpoint(last, checkpoint(epoch - 1, step, totals))
+                state.step = step
+                run.save(state, partial)
 
-            result = train_one_epoch(net, optimizer, scheduler, data, cfg, epoch, start_step, sums, stop, save_partial, world)
-            start_step, sums = 0, None
+            result = train_one_epoch(net, optimizer, scheduler, data, cfg, epoch, state.step, sums, stop, save_partial, world)
+            sums = None
             if result is None:  # a signal: last.pt already holds this step
-                raise interrupted(f"in epoch {epoch}")
+                raise interrupted(stop, f"in epoch {epoch}")
             train_loss, train_acc = result
             if not math.isfinite(train_loss):
-                finish("diverged")
-                kept = f"; the last good checkpoint is {last}" if epoch > 1 else ""
+                run.finish(state, "diverged", resumed_with)
+                kept = f"; the last good checkpoint is {run.last}" if epoch > 1 else ""
                 raise RunFailed(
                     f"the training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {cfg.optimizer.lr:g}) "
                     f"and train again{kept}."
@@ -301,28 +373,34 @@ def _train(cfg, run_dir: Path, overrides, resume_state, device, world: World, st
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - epoch_start, 3),
             }
-            if main:
-                runs.append_metrics(run_dir, row)
             console.say(console.epoch_line(row, cfg.epochs))
 
-            is_best = val_acc > best["val_accuracy"]
-            if val_acc > best["val_accuracy"] + cfg.early_stopping.min_delta:
-                last_improvement = epoch
+            best_accuracy = state.best["val_accuracy"]
+            is_best = val_acc is None or best_accuracy is None or val_acc > best_accuracy  # no validation: the last is best
+            if val_acc is None or best_accuracy is None or val_acc > best_accuracy + cfg.early_stopping.min_delta:
+                state.last_improvement = epoch
             if is_best:
-                best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
+                state.best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
+            state.epoch, state.step = epoch, 0
+            state.history.append(row)
             if main:
-                runs.save_checkpoint(last, checkpoint(epoch, 0, None))
-                if is_best:
-                    runs.copy_atomically(last, best_path)
+                metrics.write_epochs(run_dir, state.history)
+            run.save(state)
+            if main and is_best:
+                runs.copy_atomically(run.last, run_dir / "checkpoints" / "best.pt")
             if epoch < cfg.epochs and any_true(stop.signal is not None, world, device):  # during evaluation or saving
-                raise interrupted(f"after epoch {epoch}")
+                raise interrupted(stop, f"after epoch {epoch}")
             patience = cfg.early_stopping.patience
-            if patience and epoch - last_improvement >= patience and epoch < cfg.epochs:
+            if patience and epoch - state.last_improvement >= patience and epoch < cfg.epochs:
                 console.say(f"early stopping: no val_acc gain above {cfg.early_stopping.min_delta} in {patience} epochs")
                 status = "early_stopped"
                 break
 
-    summary = finish(status)
-    console.say(f"best val_acc {best['val_accuracy']:.2%} at epoch {best['epoch']}; {summary['wall_seconds']:.1f}s in all; run folder:")
+    summary = run.finish(state, status, resumed_with)
+    if summary.get("warning"):
+        console.say(f"warning: {summary['warning']}")
+    best = state.best
+    best_text = f"best val_acc {best['val_accuracy']:.2%} at epoch {best['epoch']}" if best["val_accuracy"] is not None else "no validation split"
+    console.say(f"{best_text}; {summary['wall_seconds']:.1f}s in all; run folder:")
     console.say(str(run_dir))
-    return summary_metric(summary, cfg.optimized_metric)
+    return metrics.summary_value(summary, cfg.optimized_metric)

@@ -110,14 +110,17 @@ def test_resume_refuses_changes_and_trains_longer_when_asked(reference, tmp_path
     import shutil
 
     shutil.copytree(reference, copy)
-    before = {p.name: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    def stamps() -> dict:  # every file of the run (the lock file holds the PID of its last writer)
+        return {p.name: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = stamps()
     changed = run_mnist("train", f"resume={copy}", "model=mlp", cwd=tmp_path, env=cli_env)
     assert changed.returncode == 2 and "model cannot change" in changed.stderr
     finished = run_mnist("train", f"resume={copy}", cwd=tmp_path, env=cli_env)
     assert finished.returncode == 2 and "raise epochs= to train longer" in finished.stderr
     missing = run_mnist("train", f"resume={tmp_path / 'nope'}", cwd=tmp_path, env=cli_env)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before  # untouched
+    assert stamps() == before  # untouched
 
     longer = run_mnist("train", f"resume={copy}", "epochs=5", cwd=tmp_path, env=cli_env)
     assert longer.returncode == 0, longer.stderr

@@ -41,13 +41,13 @@ def test_sweep_puts_every_job_in_one_folder_and_ends_with_a_sorted_leaderboard(s
     rows = board["rows"]
     assert len(rows) == 4 and board["sort"] == "best.val_accuracy"
     for row in rows:
-        summary = json.loads((Path(row["run"]) / "summary.json").read_text())
+        summary = json.loads((folder / row["run"] / "summary.json").read_text())
         assert row["best_val_accuracy"] == summary["best"]["val_accuracy"]
         assert row["seconds"] == summary["wall_seconds"] and row["status"] == "completed"
         assert f"model={row['model']}" in summary["overrides"] and f"optimizer={row['optimizer']}" in summary["overrides"]
     accuracies = [r["best_val_accuracy"] for r in rows]
-    assert accuracies == sorted(accuracies, reverse=True)
-    assert (folder / "leaderboard.csv").read_text().splitlines()[0].startswith("rank,model,optimizer,best_val_accuracy")
+    assert accuracies == sorted(accuracies, reverse=True) and sorted(r["run"] for r in rows) == jobs
+    assert (folder / "leaderboard.csv").read_text().splitlines()[0].startswith("rank,run,model,optimizer,best_val_accuracy")
     assert "best val acc" in result.stdout  # printed when the sweep ended
 
 
@@ -87,11 +87,11 @@ def test_report_shows_finished_failed_and_unfinished_runs_and_writes_nothing(swe
     table = run_mnist("report", str(copy), cwd=tmp_path, env=cli_env)
     assert table.returncode == 0, table.stderr
     assert "unfinished" in table.stdout and "diverged" in table.stdout and "completed" in table.stdout
-    as_json = run_mnist("report", str(copy), "sort=val_loss", "top=3", "format=json", cwd=tmp_path, env=cli_env)
+    as_json = run_mnist("report", str(copy), "sort=best.val_loss", "top=3", "format=json", cwd=tmp_path, env=cli_env)
     assert as_json.returncode == 0, as_json.stderr
     rows = json.loads(as_json.stdout)["rows"]
     assert len(rows) == 3
-    losses = [r["val_loss"] for r in rows]
+    losses = [r["best_val_loss"] for r in rows]
     assert losses == sorted(losses)
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # report only reads
 

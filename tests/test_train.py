@@ -63,7 +63,7 @@ def test_checkpoints_load_with_weights_only_and_hold_the_run(mlp_run):
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert last["epoch"] == 2
     assert best["metrics"]["val_accuracy"] == best["best"]["val_accuracy"]
-    for key in ("model", "optimizer", "scheduler", "config", "classes", "normalization", "versions"):
+    for key in ("model", "optimizer", "history", "config", "classes", "normalization", "versions"):
         assert key in last, key
     assert last["config"]["model"]["name"] == "mlp"
     assert last["classes"] == [str(i) for i in range(10)]

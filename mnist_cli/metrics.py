@@ -1,0 +1,107 @@
+"""Metrics: the per-epoch rows of a run (metrics.jsonl, metrics.csv) and the summary metrics a
+sweep optimises and a leaderboard ranks by.
+
+The epoch history is kept in the checkpoint; metrics.jsonl/csv are rewritten from it atomically,
+so a kill never leaves half a line. Readers still skip an unreadable line (a file written by an
+older mnist-cli, or edited by hand) and say so once. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set
+
+from mnist_cli import runs
+
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """A number in summary.json that a sweep may optimise (`optimized_metric=`) and a report sort by."""
+
+    name: str  # its dotted path in summary.json, as the user writes it: best.val_accuracy
+    column: str  # its leaderboard column
+    lower_is_better: bool
+
+
+SUMMARY_METRICS: Dict[str, SummaryMetric] = {m.name: m for m in (
+    SummaryMetric("best.val_accuracy", "best_val_accuracy", False),
+    SummaryMetric("best.val_loss", "best_val_loss", True),
+    SummaryMetric("final.val_accuracy", "final_val_accuracy", False),
+    SummaryMetric("final.val_loss", "final_val_loss", True),
+    SummaryMetric("final.train_accuracy", "final_train_accuracy", False),
+    SummaryMetric("final.train_loss", "final_train_loss", True),
+    SummaryMetric("wall_seconds", "seconds", True),
+)}  # fmt: skip
+
+
+def summary_value(summary: Any, name: str) -> Optional[float]:
+    """The finite number at `name` (a dotted path) in a summary.json document, else None."""
+    value = summary
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def files(run_dir: Path) -> tuple:
+    return Path(run_dir) / "metrics.jsonl", Path(run_dir) / "metrics.csv"
+
+
+def write_epochs(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv with `rows`, each atomically."""
+    jsonl, csv_path = files(run_dir)
+    runs.atomic_write(jsonl, lambda f: f.write("".join(runs.strict_json(r) + "\n" for r in rows).encode()))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=EPOCH_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.atomic_write(csv_path, lambda f: f.write(text.getvalue().encode()))
+
+
+_reported: Set[str] = set()
+
+
+def _say_once(path: Path, message: str) -> None:
+    key = str(Path(path).resolve())
+    if key not in _reported:
+        _reported.add(key)
+        print(message, file=sys.stderr)
+
+
+def read_epochs(run_dir: Path) -> List[Dict[str, Any]]:
+    """The epoch rows of metrics.jsonl (empty when there is none); unreadable lines are skipped,
+    with one note on stderr per file."""
+    path = files(run_dir)[0]
+    try:
+        text = Path(path).read_text(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as error:
+        _say_once(path, f"mnist: could not read {path} ({error.strerror}); its epochs are not shown.")
+        return []
+    rows, skipped = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        else:
+            skipped += 1
+    if skipped:
+        _say_once(path, f"mnist: skipped {skipped} unreadable line(s) in {path} (a write cut off, or edited by hand).")
+    return rows
