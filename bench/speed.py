@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 from mnist_cli.config import register_configs
-from mnist_cli.data import _extracted_root, load_train_data, split_indices
+from mnist_cli.data import _extracted_root, load_train_data, split_indices, validation_size
 from mnist_cli.interrupt import StopRequest
 from mnist_cli.models import build_model
 from mnist_cli.optim import build_optimizer
@@ -60,7 +60,7 @@ def classic_trainer(cfg, device: torch.device) -> Callable[[int], None]:
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.dataset.mean,), (cfg.dataset.std,))])
     full = datasets.MNIST(str(_extracted_root(Path(cfg.data.root), "MNIST")), train=True, transform=transform)
-    _, train_idx = split_indices(len(full), cfg.data.val_size, cfg.data.split_seed)
+    _, train_idx = split_indices(len(full), validation_size(cfg, len(full)), cfg.data.split_seed)
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(full, train_idx.tolist()), batch_size=cfg.batch_size,
                                          shuffle=True, num_workers=1 if cuda else 0, pin_memory=cuda)  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from mnist_cli import runs
+from mnist_cli import metrics, runs
 
 
 def _pyplot():
@@ -52,19 +52,33 @@ def confusion_png(path: Path, report: Dict) -> Path:
     return _save(fig, path)
 
 
-def image_grid_png(path: Path, images: Sequence, titles: List[str], columns: int = 8) -> Path:
-    """uint8 28x28 images in a grid, each with its title."""
+def image_grid_png(path: Path, images: Sequence, titles: List[str], columns: int = 8, limit: int = 100) -> Path:
+    """The first `limit` uint8 28x28 images in a grid, each under its title, with a line saying how many
+    were left out; returns `path`. One imshow of a mosaic: a subplot per image took 67 s for 2,000."""
+    import numpy as np
+
     plt = _pyplot()
-    count = max(1, len(images))
-    rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(title, fontsize=7)
-    if not images:
-        axes[0][0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    shown = list(images[:limit])
+    rows = -(-max(1, len(shown)) // columns)
+    width, height = 36, 40  # a cell in image pixels: the 28x28 image, 4 px either side, room for the title above
+    mosaic = np.full((rows * height, columns * width), np.nan)
+    for i, image in enumerate(shown):
+        top, left = (i // columns) * height + height - 30, (i % columns) * width + 4
+        mosaic[top : top + 28, left : left + 28] = image
+    fig = plt.figure(figsize=(1.6 * columns, 1.6 * rows * height / width))  # 1.6 inches a cell, as the mosaic's aspect
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
+    ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+    for i, title in enumerate(titles[: len(shown)]):
+        lines = [line if len(line) <= 24 else "…" + line[-23:] for line in title.split("\n")]  # keep the ends of long names
+        x, y = (i % columns) * width + 18, (i // columns) * height + height - 31
+        ax.text(x, y, "\n".join(lines), ha="center", va="bottom", fontsize=7)
+    if not shown:
+        ax.text(columns * width / 2, height / 2, "no mistakes", ha="center", va="center")
+    if len(images) > len(shown):
+        note = f"the first {len(shown)} of {len(images)} images; {len(images) - len(shown)} left out"
+        ax.text(4, rows * height + 2, note, va="top", fontsize=9)
     return _save(fig, path)
 
 
@@ -86,7 +100,7 @@ def curves_png(path: Path, records: List[Dict]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for rank, record in enumerate(records, 1):
-        epochs = runs.read_metrics(Path(record["run"]))
+        epochs = metrics.read_epochs(Path(record["run"]))
         if not epochs:
             continue
         label = " ".join(f"{k}={v}" for k, v in record["overrides"].items()) or Path(record["run"]).name

@@ -4,6 +4,8 @@ MNIST: grey, light background inverted so ink is bright, cropped to the ink, lon
 to 20 px, pasted into 28x28 with the centre of mass at the centre (LeCun et al.'s recipe).
 FashionMNIST: grey, light background inverted, trimmed to the object, longer side scaled to 28 px,
 centred (the recipe FashionMNIST itself was made with).
+Every file either becomes an input or raises ImageError with one sentence: too many pixels are refused
+from the header, and big images are reduced while still 8-bit grey, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 INK_THRESHOLD = 0.05  # ink: brighter than this fraction of the brightest pixel (0.01 mean change on real MNIST)
+# Refused from the header, before decoding: the largest camera sensors (200 MP) still fit. Decoding holds
+# the file's pixels plus a grey copy at most (1 byte a pixel for a grey PNG, 6 for RGBA); JPEGs decode at 1/2..1/8.
+MAX_PIXELS = 200_000_000
+WORK_SIDE = 2048  # longer side a bigger image is reduced to before float32 work (the model sees 20-28 px)
+Image.MAX_IMAGE_PIXELS = None  # MAX_PIXELS, checked before decoding, replaces Pillow's bomb warning/error
 
 
 class ImageError(Exception):
@@ -35,25 +42,52 @@ def find_images(inputs: List[str], recursive: bool) -> List[Path]:
     return found
 
 
+def _decode_grey(path: Path) -> Image.Image:
+    """The file's first frame as a Pillow "L" image at most WORK_SIDE px on its longer side,
+    transparency composited onto white; a bigger image is reduced while it is still 8-bit."""
+    with Image.open(path) as image:
+        image.seek(0)
+        width, height = image.size  # read from the header: nothing is decoded yet
+        if width * height > MAX_PIXELS:
+            raise ImageError(f"image is {width}×{height} pixels; mnist predict reads at most {MAX_PIXELS // 10**6} megapixels")
+        if width == 0 or height == 0:
+            raise ImageError("empty image")
+        factor = -(-max(width, height) // WORK_SIDE)
+        if factor > 1:
+            image.draft("L", (max(1, width // factor), max(1, height // factor)))  # JPEG: decode at 1/2..1/8 scale
+        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+        mode = "LA" if alpha else "L"
+        image.load()
+        grey = image if image.mode == mode else image.convert(mode)
+    del image  # the full-size decoded pixels go now, unless they were grey already: 1-2 bytes a pixel are left
+    factor = -(-max(grey.size) // WORK_SIDE)
+    if factor > 1:
+        grey = grey.reduce(factor)  # box average: all the ink survives, as thin strokes get fainter
+    if alpha:
+        white = Image.new("RGBA", grey.size, (255, 255, 255, 255))
+        grey = Image.alpha_composite(white, grey.convert("RGBA")).convert("L")
+    return grey
+
+
 def read_grey(path: Path) -> np.ndarray:
-    """The file's first frame as float32 grey 0..255; transparency is composited onto white."""
+    """The file as float32 grey 0..255 (see _decode_grey); raises ImageError saying why it cannot be read."""
     try:
-        with Image.open(path) as image:
-            image.seek(0)
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, rgba)
-            return np.asarray(image.convert("L"), dtype=np.float32)
+        grey = _decode_grey(path)
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
         raise ImageError("is a folder") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image file") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"unreadable image ({error})") from None
+        raise ImageError("empty file" if path.stat().st_size == 0 else "not an image file") from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+    except ImageError:
+        raise
+    except Exception as error:  # a malformed file can make a decoder raise almost anything; it is that file's row
+        raise ImageError(f"unreadable image ({str(error) or type(error).__name__})") from None
+    return np.asarray(grey, dtype=np.float32)
 
 
 def _background(grey: np.ndarray) -> float:
@@ -120,6 +154,4 @@ def fashion_style(grey: np.ndarray) -> np.ndarray:
 def prepare(path: Path, dataset: str) -> np.ndarray:
     """The file as a 28x28 uint8 model input for a run trained on `dataset`; raises ImageError."""
     grey = read_grey(path)
-    if grey.size == 0:
-        raise ImageError("empty image")
     return mnist_style(grey) if dataset == "mnist" else fashion_style(grey)

@@ -24,6 +24,7 @@ from mnist_cli.images import ImageError, find_images, prepare
 from mnist_cli.train import resolve_device
 
 CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
+INPUTS_PNG_LIMIT = 100  # inputs drawn in inputs.png: a picture of thousands is unreadable and took minutes
 
 
 def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
@@ -105,13 +106,15 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> int:
     write_rows(out, rows)
     if cfg.save_inputs and images:
         titles = [Path(e["input"]).name for e in entries if "image" in e]
-        figures.image_grid_png(out / "inputs.png", images, titles)
+        figures.image_grid_png(out / "inputs.png", images, titles, limit=INPUTS_PNG_LIMIT)
     failed = sum(1 for r in rows if r["error"])
     if cfg.format == "json":
         print(json.dumps({"run": str(trained.run_dir), "checkpoint": str(trained.checkpoint_path), "output_dir": str(out), "predictions": rows}, indent=2))
     else:
         show_rows(rows, cfg.topk)
         console.console.print(f"{len(rows) - failed} predicted, {failed} failed; wrote {out / 'predictions.csv'}")
+        if cfg.save_inputs and len(images) > INPUTS_PNG_LIMIT:
+            console.console.print(f"inputs.png shows the first {INPUTS_PNG_LIMIT} of {len(images)} inputs.")
     if not images:
         return 2
     return 1 if failed else 0
