@@ -38,7 +38,8 @@ from mnist_cli.data import _extracted_root, load_train_data, split_indices, vali
 from mnist_cli.interrupt import StopRequest
 from mnist_cli.models import build_model
 from mnist_cli.optim import build_optimizer
-from mnist_cli.train import train_one_epoch
+from mnist_cli.runs import RunState
+from mnist_cli.train import Run, train_one_epoch
 
 EPOCHS = 4  # the first is set-up; the median of the others is reported
 
@@ -88,7 +89,8 @@ def our_trainer(cfg, device: torch.device, stop: StopRequest) -> Callable[[int],
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
-    return lambda number: train_one_epoch(model, optimizer, None, data, cfg, number, 0, None, stop, lambda *a: None)
+    run = Run(cfg, model, model, optimizer, data)  # no run folder: nothing is written
+    return lambda number: train_one_epoch(run, RunState([], epoch=number - 1), None, stop)
 
 
 def steady_epoch_seconds(trainers: Dict[str, Callable[[int], None]], device: torch.device) -> Dict[str, float]:

@@ -2,32 +2,97 @@
 
 A checkpoint is one dict (torchvision's references do the same): model, optimizer, the run's
 state (epoch, step, best, epoch history), the resolved config, classes, normalisation, versions
-and RNG states. It is written atomically and only ever loaded with weights_only=True.
+and RNG states. This module owns what goes in (snapshot), writing it atomically (save), reading
+it with weights_only=True and checking it (read_checkpoint, read_resumable), and bringing it
+back (state_of, restore, load_trained).
 """
 
 from __future__ import annotations
 
 import pickle
+import platform
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_cli import runs
+import mnist_cli
+from mnist_cli import metrics, runs
 from mnist_cli.errors import UserError
 from mnist_cli.models import build_model
+from mnist_cli.optim import load_optimizer_state
 
 FORMAT = "mnist-cli-checkpoint"
 # 2: adds "history", "overrides" and "wall_seconds"; the scheduler is rebuilt on resume, not stored
 VERSION = 2
 
 
+def versions() -> Dict[str, str]:
+    """The versions a checkpoint and summary.json record."""
+    import torchvision
+
+    return {"mnist_cli": mnist_cli.__version__, "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "python": platform.python_version()}  # fmt: skip
+
+
+def snapshot(model, optimizer, state: runs.RunState, partial: Optional[Tuple], config: Dict, classes: List[str],
+             normalization: Dict[str, float], wall_seconds: float) -> Dict[str, Any]:
+    """The checkpoint of a run at `state`: enough to continue it exactly (`partial`: the running
+    loss sum and correct count of a half-done epoch), and to use the model on its own."""
+    return {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "epoch": state.epoch,
+        "step": state.step,
+        "partial": None if partial is None else tuple(t.detach().cpu() for t in partial),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "metrics": state.history[-1] if state.history else {},
+        "history": state.history,
+        "best": state.best,
+        "last_improvement": state.last_improvement,
+        "overrides": state.overrides,
+        "wall_seconds": round(wall_seconds, 3),
+        "config": config,
+        "classes": classes,
+        "normalization": normalization,
+        "versions": versions(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
+    }
+
+
 def save(path: Path, checkpoint: Dict[str, Any]) -> None:
     """Write `checkpoint` to `path` atomically (raises WriteFailed; the old file stays)."""
     runs.atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def state_of(checkpoint: Dict[str, Any], run_dir: Path, overrides: List[str]) -> runs.RunState:
+    """The run state a checkpoint records (format 1: the epochs before its last from metrics.jsonl)."""
+    state = runs.RunState(overrides, checkpoint["epoch"], checkpoint["step"], checkpoint["best"], checkpoint["last_improvement"])
+    state.history = checkpoint.get("history") or (
+        [r for r in metrics.read_epochs(run_dir) if r["epoch"] < checkpoint["epoch"]]
+        + ([checkpoint["metrics"]] if checkpoint.get("metrics") else [])
+    )
+    state.wall_seconds = checkpoint.get("wall_seconds", sum(row.get("seconds", 0) for row in state.history))
+    return state
+
+
+def restore(checkpoint: Dict[str, Any], model, optimizer, device: torch.device, carries_sums: bool) -> Optional[Tuple]:
+    """Put the weights, the optimizer's per-parameter state and the RNGs back as `checkpoint` has
+    them (the lr schedule is rebuilt by the caller). Returns the running sums of a half-done epoch
+    on `device` (zeros where `carries_sums` is false: under torchrun the main process carries
+    them), or None at an epoch boundary."""
+    model.load_state_dict(checkpoint["model"])
+    load_optimizer_state(optimizer, checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    if checkpoint["partial"] is None:
+        return None
+    return tuple(t.to(device) if carries_sums else torch.zeros_like(t, device=device) for t in checkpoint["partial"])
 
 
 @dataclass
@@ -58,6 +123,14 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
         raise UserError(f"{path} is not an mnist-cli checkpoint.")
     if checkpoint.get("format_version", 0) > VERSION:
         raise UserError(f"{path} was written by a newer mnist-cli (checkpoint format {checkpoint['format_version']}); upgrade mnist-cli.")
+    return checkpoint
+
+
+def read_resumable(path: Path) -> Dict[str, Any]:
+    """read_checkpoint, and check it holds a training state to continue from."""
+    checkpoint = read_checkpoint(path)
+    if not all(key in checkpoint for key in ("step", "optimizer", "rng", "best", "last_improvement", "partial")):
+        raise UserError(f"{path} has no training state to continue from (written by an older mnist-cli).")
     return checkpoint
 
 

@@ -1,71 +1,25 @@
 """Typed config schema (Hydra ConfigStore) and the range checks types cannot express.
 
+The schema holds names and types only; every value lives in the YAML under conf/, the one place a
+user reads them (tests/test_config.py fails when a field gets a default here or a YAML misses a key).
 Imports only hydra/omegaconf, never torch: `mnist train --help` and `--cfg job` stay fast.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import os
 import re
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mnist_cli.errors import UserError
 from mnist_cli.metrics import SUMMARY_METRICS
+from mnist_cli.resolvers import register_resolvers
 
-
-def cache_dir() -> str:
-    """Return mnist-cli's per-user cache folder ($XDG_CACHE_HOME/mnist-cli or ~/.cache/mnist-cli)."""
-    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist-cli")
-
-
-def default_data_root() -> str:
-    """Return $MNIST_DATA_ROOT if set, else the per-user cache folder for datasets."""
-    return os.environ.get("MNIST_DATA_ROOT") or str(Path(cache_dir()) / "data")
-
-
-RUN_NAME_ENV = "MNIST_CLI_RUN_NAME"
-
-
-def run_name() -> str:
-    """`<YYYY-MM-DD>/<HH-MM-SS>-<random id>`, fixed for the whole process and its children.
-
-    Hydra resolves the run/sweep folder more than once, and the joblib launcher resolves it again
-    in each worker process; keeping the first value in the environment makes it one folder.
-    """
-    if RUN_NAME_ENV not in os.environ:
-        os.environ[RUN_NAME_ENV] = time.strftime("%Y-%m-%d/%H-%M-%S-") + os.urandom(3).hex()
-    return os.environ[RUN_NAME_ENV]
-
-
-def config_groups_text() -> str:
-    """One line per config group with its options, read from the YAML files (for --help)."""
-    conf = importlib.resources.files("mnist_cli.conf")
-    lines = []
-    for group in sorted(p.name for p in conf.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        options = sorted(f.name[: -len(".yaml")] for f in conf.joinpath(group).iterdir() if f.name.endswith(".yaml"))
-        if options:  # conf/hydra/ holds only launcher presets, listed in the footer
-            lines.append(f"{group}: {', '.join(options)}")
-    return "\n".join(lines)
-
-
-def register_resolvers() -> None:
-    """Register the ${...} resolvers the YAML files use; safe to call twice."""
-    if not OmegaConf.has_resolver("mnist_data_root"):
-        OmegaConf.register_new_resolver("mnist_data_root", default_data_root)
-    if not OmegaConf.has_resolver("mnist_config_groups"):
-        OmegaConf.register_new_resolver("mnist_config_groups", config_groups_text)
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", run_name)
-
-
-# ---- groups -----------------------------------------------------------------------------
+# ---- groups: conf/<group>/<option>.yaml gives the values ----------------------------------
 
 
 @dataclass
@@ -79,130 +33,120 @@ class DatasetConfig:
 
 @dataclass
 class MLPConfig:
-    name: str = "mlp"
-    hidden: List[int] = field(default_factory=lambda: [1024, 1024])
-    activation: str = "relu"
-    dropout: float = 0.2
-    augment: bool = False
+    name: str = MISSING
+    hidden: List[int] = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
+    augment: bool = MISSING
 
 
 @dataclass
 class CNNConfig:
-    name: str = "cnn"
-    channels: List[int] = field(default_factory=lambda: [32, 64, 128])
-    hidden: int = 128
-    dropout: float = 0.25
-    augment: bool = True
+    name: str = MISSING
+    channels: List[int] = MISSING
+    hidden: int = MISSING
+    dropout: float = MISSING
+    augment: bool = MISSING
 
 
 @dataclass
 class LeNetConfig:
-    name: str = "lenet"
-    augment: bool = True
+    name: str = MISSING
+    augment: bool = MISSING
 
 
 @dataclass
-class SGDConfig:
-    name: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    fused: bool = True  # one fused kernel per step where torch has one for the device; false: foreach
+class OptimizerConfig:
+    """What every optimizer takes; the others add their own torch arguments."""
+
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
-class AdamConfig:
-    name: str = "adam"
-    lr: float = 2e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    fused: bool = True  # one fused kernel per step where torch has one for the device; false: foreach
+class FusedOptimizerConfig(OptimizerConfig):
+    """An optimizer torch has a fused kernel for (sgd, adam, adamw, adagrad)."""
+
+    fused: bool = MISSING  # one fused kernel per step where torch has one for the device; false: foreach
 
 
 @dataclass
-class AdamWConfig(AdamConfig):
-    name: str = "adamw"
-    weight_decay: float = 1e-2
+class SGDConfig(FusedOptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
 
 
 @dataclass
-class RMSpropConfig:
-    name: str = "rmsprop"
-    lr: float = 1e-3
-    alpha: float = 0.99
-    momentum: float = 0.0
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+class AdamConfig(FusedOptimizerConfig):  # also AdamW's: the same arguments
+    betas: List[float] = MISSING
+    eps: float = MISSING
 
 
 @dataclass
-class AdagradConfig:
-    name: str = "adagrad"
-    lr: float = 2e-2
-    lr_decay: float = 0.0
-    eps: float = 1e-10
-    weight_decay: float = 0.0
-    fused: bool = True  # one fused kernel per step where torch has one for the device; false: foreach
+class RMSpropConfig(OptimizerConfig):
+    alpha: float = MISSING
+    momentum: float = MISSING
+    eps: float = MISSING
 
 
 @dataclass
-class AdadeltaConfig:
-    name: str = "adadelta"
-    lr: float = 1.0
-    rho: float = 0.9
-    eps: float = 1e-6
-    weight_decay: float = 0.0
+class AdagradConfig(FusedOptimizerConfig):
+    lr_decay: float = MISSING
+    eps: float = MISSING
 
 
 @dataclass
-class NoSchedulerConfig:
-    name: str = "none"
+class AdadeltaConfig(OptimizerConfig):
+    rho: float = MISSING
+    eps: float = MISSING
 
 
 @dataclass
-class StepSchedulerConfig:
-    name: str = "step"
-    step_epochs: int = 3  # multiply the lr by gamma every step_epochs epochs
-    gamma: float = 0.3
+class SchedulerConfig:  # `none` has nothing else
+    name: str = MISSING
 
 
 @dataclass
-class CosineSchedulerConfig:
-    name: str = "cosine"
-    min_lr: float = 0.0
+class StepSchedulerConfig(SchedulerConfig):
+    step_epochs: int = MISSING  # multiply the lr by gamma every step_epochs epochs
+    gamma: float = MISSING
 
 
 @dataclass
-class OneCycleSchedulerConfig:
-    name: str = "onecycle"
-    pct_start: float = 0.25  # fraction of all steps spent warming up to optimizer.lr
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
+class CosineSchedulerConfig(SchedulerConfig):
+    min_lr: float = MISSING
 
 
-# ---- the train command -------------------------------------------------------------------
+@dataclass
+class OneCycleSchedulerConfig(SchedulerConfig):
+    pct_start: float = MISSING  # fraction of all steps spent warming up to optimizer.lr
+    div_factor: float = MISSING
+    final_div_factor: float = MISSING
+
+
+# ---- the commands: conf/<command>.yaml gives the values -----------------------------------
+# A nested section is a field holding its (value-free) schema, so its keys are typed too.
 
 
 @dataclass
 class DataConfig:
-    root: str = "${mnist_data_root:}"
-    download: bool = True
-    val_size: Optional[int] = None  # null: 1/12 of the training images (5,000 of 60,000); 0: no validation
-    split_seed: int = 0  # the validation split never changes with `seed`
-    limit: Optional[int] = None
+    root: str = MISSING
+    download: bool = MISSING
+    val_size: Optional[int] = MISSING  # null: 1/12 of the training images (5,000 of 60,000); 0: no validation
+    split_seed: int = MISSING  # the validation split never changes with `seed`
+    limit: Optional[int] = MISSING
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: Optional[int] = None  # also write last.pt every N steps (long epochs); null: per epoch
+    every_n_steps: Optional[int] = MISSING  # also write last.pt every N steps (long epochs); null: per epoch
 
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: Optional[int] = None  # stop after this many epochs without a better val accuracy
-    min_delta: float = 0.0  # an improvement smaller than this does not count
+    patience: Optional[int] = MISSING  # stop after this many epochs without a better val accuracy
+    min_delta: float = MISSING  # an improvement smaller than this does not count
 
 
 @dataclass
@@ -212,76 +156,78 @@ class TrainConfig:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
-    device: str = "auto"
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    seed: int = 0
-    channels_last: bool = True  # memory layout for conv nets: about 1.6x faster on CPU
-    precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
-    threads: Optional[int] = None  # torch CPU threads; null: torch's default, or cores / parallel jobs
-    optimized_metric: str = "best.val_accuracy"  # what train returns to a sweeper, from summary.json
-    outputs_dir: str = "outputs"
+    device: str = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    seed: int = MISSING
+    channels_last: bool = MISSING  # memory layout for conv nets
+    precision: str = MISSING  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
+    threads: Optional[int] = MISSING  # torch CPU threads; null: torch's default, or cores / parallel jobs
+    optimized_metric: str = MISSING  # what train returns to a sweeper, from summary.json
+    outputs_dir: str = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    resume: Optional[str] = None  # a run folder, a checkpoint or latest: continue that run
+    resume: Optional[str] = MISSING  # a run folder, a checkpoint or latest: continue that run
 
 
 @dataclass
 class SourceDataConfig:
     """Where eval/predict read a run's dataset: null root means the root the run trained with."""
 
-    root: Optional[str] = "${oc.env:MNIST_DATA_ROOT,null}"
-    download: bool = True
+    root: Optional[str] = MISSING
+    download: bool = MISSING
 
 
 @dataclass
 class UseRunConfig:
     """What eval and predict share: the run to use, the data it reads and where it runs."""
 
-    run: str = MISSING  # a run folder, a checkpoint file, or latest
-    split: str = "test"  # test | val | train
-    format: str = "table"  # table | json
-    device: str = "auto"
-    batch_size: int = 1000
-    outputs_dir: str = "outputs"
+    run: str = MISSING  # a run folder, a checkpoint file, or latest (the YAML leaves it ???: required)
+    split: str = MISSING  # test | val | train
+    format: str = MISSING  # table | json
+    device: str = MISSING
+    batch_size: int = MISSING
+    outputs_dir: str = MISSING
     data: SourceDataConfig = field(default_factory=SourceDataConfig)
 
 
 @dataclass
 class EvalConfig(UseRunConfig):
-    min_accuracy: Optional[float] = None
+    min_accuracy: Optional[float] = MISSING
 
 
 @dataclass
 class PredictConfig(UseRunConfig):
-    inputs: List[str] = field(default_factory=list)  # image files and folders
-    indices: List[int] = field(default_factory=list)  # samples of `split`
-    recursive: bool = False
-    topk: int = 3
-    save_inputs: bool = False
+    inputs: List[str] = MISSING  # image files and folders
+    indices: List[int] = MISSING  # samples of `split`
+    recursive: bool = MISSING
+    topk: int = MISSING
+    save_inputs: bool = MISSING
 
 
 @dataclass
 class ExportConfig:
     run: str = MISSING
-    format: str = "torchscript"  # torchscript | onnx
-    output: Optional[str] = None
-    outputs_dir: str = "outputs"
+    format: str = MISSING  # torchscript | onnx
+    output: Optional[str] = MISSING
+    outputs_dir: str = MISSING
 
+
+COMMAND_SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig}
 
 GROUP_SCHEMAS = {
     "model": {"mlp": MLPConfig, "cnn": CNNConfig, "lenet": LeNetConfig},
     "optimizer": {
         "sgd": SGDConfig,
         "adam": AdamConfig,
-        "adamw": AdamWConfig,
+        "adamw": AdamConfig,
         "rmsprop": RMSpropConfig,
         "adagrad": AdagradConfig,
         "adadelta": AdadeltaConfig,
     },
     "scheduler": {
-        "none": NoSchedulerConfig,
+        "none": SchedulerConfig,
         "step": StepSchedulerConfig,
         "cosine": CosineSchedulerConfig,
         "onecycle": OneCycleSchedulerConfig,
@@ -291,16 +237,64 @@ GROUP_SCHEMAS = {
 
 
 def register_configs() -> None:
-    """Store the schemas: `schema/<group>/<option>` for each YAML option, `train_schema` for the root."""
+    """Store the schemas: `<command>_schema` for each command's root, `schema/<group>/<option>` for each YAML option."""
     register_resolvers()
     store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
-    store.store(name="eval_schema", node=EvalConfig)
-    store.store(name="predict_schema", node=PredictConfig)
-    store.store(name="export_schema", node=ExportConfig)
+    for command, schema in COMMAND_SCHEMAS.items():
+        store.store(name=f"{command}_schema", node=schema)
     for group, options in GROUP_SCHEMAS.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
+
+
+@contextmanager
+def _hydra() -> Iterator[None]:
+    """Hydra ready to compose conf/: the running app's (resume runs inside it), else our own."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside `mnist train`: its search path is mnist_cli.conf
+        yield
+        return
+    register_configs()
+    with initialize_config_module(config_module="mnist_cli.conf", version_base="1.3"):
+        yield
+
+
+def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Return conf/<command>.yaml composed with `overrides`, as `mnist <command> --cfg job` shows it."""
+    from hydra import compose as hydra_compose
+
+    with _hydra():
+        return hydra_compose(config_name=command, overrides=list(overrides))
+
+
+# Keys whose YAML value is not how a run from before the key existed ran: such a run continues
+# without them (optimizer.fused absent: torch's default implementation, as it trained).
+NOT_FILLED_ON_RESUME = ("optimizer.fused",)
+
+
+def defaults_for(stored: Dict[str, Any]) -> DictConfig:
+    """Return today's train.yaml values for the group options `stored` (a run's saved config) chose,
+    untyped: merged under `stored` they fill the keys added to mnist-cli since that run started.
+
+    A group `stored` lacks stays ??? (its config was cut short: resume refuses it); a group option
+    that no longer exists gets nothing; keys in NOT_FILLED_ON_RESUME are left out.
+    """
+    chosen = {}
+    for group, options in GROUP_SCHEMAS.items():
+        node = stored.get(group)
+        if isinstance(node, dict) and node.get("name") in options:
+            chosen[group] = node["name"]
+    values = OmegaConf.to_container(compose("train", [f"{g}={c}" for g, c in chosen.items()]), resolve=False)
+    for group in GROUP_SCHEMAS:
+        if group not in chosen:
+            values[group] = {} if group in stored else MISSING
+    for key in NOT_FILLED_ON_RESUME:
+        section, name = key.split(".")
+        if isinstance(values[section], dict):
+            values[section].pop(name, None)
+    return OmegaConf.create(values)
 
 
 # ---- range checks -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Iterator, List, Tuple
 import torch
 from torchvision import datasets
 
-from mnist_cli.config import cache_dir
+from mnist_cli.paths import cache_dir
 from mnist_cli.errors import UserError
 
 IDX_FILES = (

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mnist_cli import console, runs
 from mnist_cli.checkpoints import Trained, load_trained
-from mnist_cli.errors import UserError
+from mnist_cli.errors import UserError, WriteFailed
 
 FILENAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}  # formats: config.OUTPUT_FORMATS
 
@@ -76,7 +76,7 @@ def export_command(cfg: DictConfig) -> int:
     target = Path(cfg.output) if cfg.output else trained.checkpoint_path.parent / FILENAMES[cfg.format]
     try:
         runs.atomic_write(target, lambda f: f.write(data))
-    except OSError as error:
-        raise UserError(f"Could not write {target} ({error.strerror}).") from None
+    except WriteFailed as error:  # output= names a folder that cannot be written: the user's to fix
+        raise UserError(str(error)) from None
     console.say(f"exported {trained.config.model.name} ({trained.config.dataset.name}) as {cfg.format}: {target}")
     return 0

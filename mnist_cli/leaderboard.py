@@ -8,8 +8,6 @@ Writing (leaderboard.csv/json) is atomic and raises WriteFailed.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -214,12 +212,8 @@ def write(folder: Path, records: List[Dict], sort: str) -> None:
     """leaderboard.csv and leaderboard.json in `folder`, each atomically; raises WriteFailed (the
     previous file is kept)."""
     rows = rows_for_output(records, folder)
-    text = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    runs.atomic_write(folder / "leaderboard.csv", lambda f: f.write(text.getvalue().encode()))
+    columns = list(rows[0]) if rows else ["rank", "run", *COLUMNS, "error"]  # no runs: the header alone
+    runs.write_csv(folder / "leaderboard.csv", rows, columns)
     runs.write_json(folder / "leaderboard.json", {"folder": str(Path(folder).resolve()), "sort": sort, "rows": rows})
 
 

@@ -8,8 +8,6 @@ older mnist-cli, or edited by hand) and say so once. Never imports torch.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -61,12 +59,8 @@ def files(run_dir: Path) -> tuple:
 def write_epochs(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv with `rows`, each atomically."""
     jsonl, csv_path = files(run_dir)
-    runs.atomic_write(jsonl, lambda f: f.write("".join(runs.strict_json(r) + "\n" for r in rows).encode()))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=EPOCH_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    runs.atomic_write(csv_path, lambda f: f.write(text.getvalue().encode()))
+    runs.write_jsonl(jsonl, rows)
+    runs.write_csv(csv_path, rows, EPOCH_COLUMNS)
 
 
 _reported: Set[str] = set()

@@ -6,8 +6,6 @@ predict run folder. Exit 0 when every input was predicted, 1 when some failed, 2
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Dict, List
@@ -18,10 +16,10 @@ from omegaconf import DictConfig
 
 from mnist_cli import console, figures, runs
 from mnist_cli.checkpoints import load_trained
+from mnist_cli.devices import resolve_device
 from mnist_cli.errors import UserError
-from mnist_cli.evaluate import load_split, predict_logits
 from mnist_cli.images import ImageError, find_images, prepare
-from mnist_cli.train import resolve_device
+from mnist_cli.inference import load_split, predict_logits
 
 CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
 INPUTS_PNG_LIMIT = 100  # inputs drawn in inputs.png: a picture of thousands is unreadable and took minutes
@@ -62,13 +60,10 @@ def to_rows(entries: List[Dict], probs: torch.Tensor, classes: List[str], topk: 
 
 
 def write_rows(out: Path, rows: List[Dict]) -> None:
-    runs.atomic_write(out / "predictions.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "topk": ";".join(f"{t['class']}:{t['probability']:.4f}" for t in row["topk"])})
-    runs.atomic_write(out / "predictions.csv", lambda f: f.write(text.getvalue().encode()))
+    """predictions.jsonl (rows as they are) and predictions.csv (topk as `class:p;class:p`) in `out`."""
+    runs.write_jsonl(out / "predictions.jsonl", rows)
+    flat = [{**row, "topk": ";".join(f"{t['class']}:{t['probability']:.4f}" for t in row["topk"])} for row in rows]
+    runs.write_csv(out / "predictions.csv", flat, CSV_COLUMNS)
 
 
 def show_rows(rows: List[Dict], topk: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from mnist_cli import leaderboard, metrics
-from mnist_cli.errors import WriteFailed
+from mnist_cli.errors import UserError, WriteFailed
 
 SORTS = f"{', '.join(leaderboard.METRIC_COLUMNS)} (or {', '.join(metrics.SUMMARY_METRICS)})"
 SORT_TABLE = "\n".join(f"  {m.column:<22} {m.name}" for m in metrics.SUMMARY_METRICS.values())
@@ -33,11 +33,8 @@ first; best_val_accuracy by default.
 DEFAULTS = {"sort": "best_val_accuracy", "top": None, "format": "table", "save": False, "plot": False}
 
 
-class UsageError(Exception):
-    pass
-
-
 def parse(args: List[str]) -> Dict:
+    """The report options in `args` over DEFAULTS, plus `folder`; raises UserError for a bad one."""
     options = dict(DEFAULTS, folder="outputs")
     folders = []
     for arg in args:
@@ -46,47 +43,41 @@ def parse(args: List[str]) -> Dict:
             continue
         key, value = arg.split("=", 1)
         if key not in DEFAULTS:
-            raise UsageError(f"'{key}' is not a report option; use {', '.join(DEFAULTS)}.")
+            raise UserError(f"'{key}' is not a report option; use {', '.join(DEFAULTS)}.")
         if key == "top":
             if not value.isdigit() or int(value) < 1:
-                raise UsageError(f"top must be a positive whole number (got {value!r}).")
+                raise UserError(f"top must be a positive whole number (got {value!r}).")
             options[key] = int(value)
         elif key in ("save", "plot"):
             if value.lower() not in ("true", "false"):
-                raise UsageError(f"{key} must be true or false (got {value!r}).")
+                raise UserError(f"{key} must be true or false (got {value!r}).")
             options[key] = value.lower() == "true"
         elif key == "format" and value not in ("table", "json"):
-            raise UsageError(f"format must be table or json (got {value!r}).")
+            raise UserError(f"format must be table or json (got {value!r}).")
         elif key == "sort" and leaderboard.sort_metric(value) is None:
-            raise UsageError(f"sort must be one of {SORTS} (got {value!r}).")
+            raise UserError(f"sort must be one of {SORTS} (got {value!r}).")
         else:
             options[key] = value
     if len(folders) > 1:
-        raise UsageError(f"report takes one folder (got {len(folders)}).")
+        raise UserError(f"report takes one folder (got {len(folders)}).")
     if folders:
         options["folder"] = folders[0]
     return options
 
 
 def report_command(args: List[str]) -> int:
-    """Run `mnist report`; returns the exit code."""
+    """Run `mnist report`; returns the exit code (2, with one sentence on stderr, for bad input)."""
     if any(a in ("-h", "--help") for a in args):
         print(USAGE, end="")
         return 0
     try:
         options = parse(args)
-    except UsageError as error:
-        print(f"mnist report: {error}", file=sys.stderr)
-        return 2
-    folder = Path(options["folder"])
-    if not folder.is_dir():
-        print(f"mnist report: {folder} is not a folder; give a sweep folder or outputs/.", file=sys.stderr)
-        return 2
-    records = leaderboard.build(folder, options["sort"], options["top"])
-    if not records:
-        print(f"mnist report: no run folders (summary.json or metrics.jsonl) below {folder}.", file=sys.stderr)
-        return 2
-    try:
+        folder = Path(options["folder"])
+        if not folder.is_dir():
+            raise UserError(f"{folder} is not a folder; give a sweep folder or outputs/.")
+        records = leaderboard.build(folder, options["sort"], options["top"])
+        if not records:
+            raise UserError(f"no run folders (summary.json or metrics.jsonl) below {folder}.")
         if options["save"]:
             leaderboard.write(folder, records, options["sort"])
         if options["plot"]:
@@ -94,7 +85,7 @@ def report_command(args: List[str]) -> int:
 
             plotted = [r for r in records[: options["top"] or 10] if r["status"] != "damaged"]
             curves_png(folder / "curves.png", plotted)
-    except WriteFailed as error:  # names the file; the previous one is kept
+    except (UserError, WriteFailed) as error:  # WriteFailed names the file; the previous one is kept
         print(f"mnist report: {error}", file=sys.stderr)
         return 2
     if options["format"] == "json":

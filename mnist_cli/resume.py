@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cli import runs
-from mnist_cli.config import TrainConfig
+from mnist_cli.config import defaults_for
 from mnist_cli.errors import UserError
 
 CHANGEABLE = ("epochs", "device", "precision", "data.root", "data.download", "threads", "eval_batch_size",
@@ -63,7 +63,7 @@ def _original_overrides(folder: Path, state: Optional[Dict]) -> List[str]:
 
 def continue_run(cfg: DictConfig, overrides: List[str]) -> Continuation:
     """The config, state and original overrides to continue the run resume= names."""
-    from mnist_cli.checkpoints import read_checkpoint
+    from mnist_cli.checkpoints import read_resumable
 
     named = _named(cfg.resume, cfg.outputs_dir)
     if _never_checkpointed(named):
@@ -74,9 +74,7 @@ def continue_run(cfg: DictConfig, overrides: List[str]) -> Continuation:
             raise UserError(f"{folder / '.hydra' / 'config.yaml'} is not readable YAML; the run cannot be resumed.") from None
     else:
         path = runs.resolve_checkpoint(cfg.resume, cfg.outputs_dir, key="resume", prefer=("last.pt",))
-        folder, state = runs.run_dir_of(path), read_checkpoint(path)
-        if "step" not in state:
-            raise UserError(f"{path} has no training state to continue from (written by an older mnist-cli).")
+        folder, state = runs.run_dir_of(path), read_resumable(path)
         stored = state["config"]
     given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     refused = [key for key in given if key not in CHANGEABLE and not key.startswith("hydra")]
@@ -85,9 +83,9 @@ def continue_run(cfg: DictConfig, overrides: List[str]) -> Continuation:
             f"resume continues the run as it was configured, so {', '.join(refused)} cannot change; "
             f"with resume= you may give only {', '.join(CHANGEABLE[:-2])}."
         )
-    # over today's defaults: a key added since the run started gets its default
-    # (precision: fp32); optimizer keys stay as stored (no `fused` there: torch's default)
-    config = OmegaConf.merge(OmegaConf.to_container(OmegaConf.structured(TrainConfig)), stored)
+    # over the YAML defaults of the run's own options: a key added since the run started gets its
+    # default (precision: fp32), except optimizer.fused (absent: torch's default, as the run trained)
+    config = OmegaConf.merge(defaults_for(stored), stored)
     for key in given:
         if key in CHANGEABLE:
             OmegaConf.update(config, key, OmegaConf.select(cfg, key), merge=False)

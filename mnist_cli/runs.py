@@ -15,17 +15,21 @@ process ends, however it ends (kill -9 included).
 
 from __future__ import annotations
 
+import csv
+import fcntl
 import io
 import json
 import math
-import fcntl
 import os
 import shutil
 import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from mnist_cli.errors import UserError, WriteFailed
+
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temp file next to `path`, fsync it, then rename it over `path`.
@@ -75,7 +79,83 @@ def strict_json(data: Any, indent: Optional[int] = None) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """`data` as one indented strict-JSON document, written atomically."""
     atomic_write(path, lambda f: f.write((strict_json(data, indent=2) + "\n").encode()))
+
+
+def write_jsonl(path: Path, rows: Iterable[Dict]) -> None:
+    """One strict-JSON object per line, written atomically."""
+    atomic_write(path, lambda f: f.write("".join(strict_json(row) + "\n" for row in rows).encode()))
+
+
+def write_csv(path: Path, rows: Iterable[Dict], columns: Sequence[str]) -> None:
+    """A header of `columns`, then one line per row (keys not in `columns` left out), written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what last.pt records besides the weights, and what summary.json reports."""
+
+    overrides: List[str]  # the command line the run was started with
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done in epoch + 1 (a mid-epoch checkpoint)
+    best: Dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_accuracy": None, "val_loss": None})
+    last_improvement: int = 0  # the epoch that last raised the best accuracy by more than min_delta
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one metrics row per completed epoch
+    wall_seconds: float = 0.0  # time spent by earlier processes of this run (resumed runs)
+
+    def record(self, row: Dict[str, Any], min_delta: float) -> bool:
+        """Add a completed epoch's row; returns whether it is the best so far (with no validation
+        split every epoch is: the last one is kept as best)."""
+        accuracy, best = row["val_accuracy"], self.best["val_accuracy"]
+        is_best = accuracy is None or best is None or accuracy > best
+        if accuracy is None or best is None or accuracy > best + min_delta:
+            self.last_improvement = row["epoch"]
+        if is_best:
+            self.best = {"epoch": row["epoch"], "val_accuracy": accuracy, "val_loss": row["val_loss"]}
+        self.epoch, self.step = row["epoch"], 0
+        self.history.append(row)
+        return is_best
+
+
+def summary(status: str, run_dir: Path, cfg, state: RunState, facts: Dict[str, Any], wall_seconds: float,
+            resumed_with: List[str], warning: Optional[str]) -> Dict[str, Any]:
+    """summary.json's document for a run as it stands. `facts`: what the trainer knows about the
+    model and machine (parameters, device, device_name, threads, versions, started_at)."""
+    history = state.history
+    document = {
+        "status": status,
+        "run_dir": str(run_dir),
+        "overrides": state.overrides,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "optimizer": cfg.optimizer.name,
+        "scheduler": cfg.scheduler.name,
+        "parameters": facts["parameters"],
+        "epochs": cfg.epochs,
+        "epochs_completed": state.epoch,
+        "best": state.best,
+        "final": history[-1] if history else {},
+        "wall_seconds": round(wall_seconds, 3),
+        "seconds_per_epoch": round(sum(r["seconds"] for r in history) / len(history), 3) if history else None,
+        **{key: facts[key] for key in ("device", "device_name", "threads", "versions", "started_at")},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    if resumed_with:
+        document["resumed_with"] = resumed_with
+    if status == "early_stopped":
+        document["early_stopping"] = {"patience": cfg.early_stopping.patience, "min_delta": cfg.early_stopping.min_delta,
+                                      "last_improvement": state.last_improvement}  # fmt: skip
+    if history and status in ("completed", "early_stopped"):
+        document["learned"] = warning is None
+        if warning:
+            document["warning"] = warning
+    return document
 
 
 def copy_atomically(source: Path, target: Path) -> None:

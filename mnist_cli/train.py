@@ -1,6 +1,8 @@
 """`mnist train`: config -> data tensors, model, optimizer -> epoch loop -> run folder.
 
-Read top to bottom: `train()` is the whole job; `train_one_epoch()` and `evaluate()` are the loops.
+Read top to bottom: `train()` sets the run up and runs the epoch loop; `train_one_epoch()` and
+`evaluate()` are the inner loops; `Run` writes the run folder (checkpoints, summary.json).
+The state that changes as training goes on is one `runs.RunState`, passed explicitly.
 """
 
 from __future__ import annotations
@@ -9,53 +11,26 @@ import math
 import platform
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-import mnist_cli
-from mnist_cli import checkpoints, console, metrics, runs
-from mnist_cli import distributed
-from mnist_cli.distributed import World, all_sum, any_true
+from mnist_cli import checkpoints, console, distributed, metrics, runs
 from mnist_cli.data import Split, TrainData, batches_per_epoch, epoch_generator, eval_batches, load_train_data, normalize, train_batches
-from mnist_cli.errors import RunFailed, UserError
+from mnist_cli.devices import resolve_device
+from mnist_cli.distributed import World, all_sum, any_true
+from mnist_cli.errors import RunFailed
 from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.models import build_model, count_parameters, layer_summary
-from mnist_cli.optim import build_optimizer, load_optimizer_state, scheduler_at
+from mnist_cli.optim import build_optimizer, scheduler_at
+from mnist_cli.runs import RunState
 
 AUGMENT_PAD = 2  # random shifts of up to 2 pixels when model.augment is true
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda, else mps, else cpu; an explicit device must exist."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device={name} was asked for but no CUDA GPU is available; use device=cpu or device=auto.")
-        index = torch.device(name).index
-        if index is not None and index >= torch.cuda.device_count():
-            raise UserError(f"device={name} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
-    if name == "mps" and not mps_ok:
-        raise UserError("device=mps was asked for but MPS is not available; use device=cpu or device=auto.")
-    return torch.device(name)
-
-
-def versions() -> Dict[str, str]:
-    return {
-        "mnist_cli": mnist_cli.__version__,
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "python": platform.python_version(),
-    }
 
 
 def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -> torch.Tensor:
@@ -68,16 +43,60 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: int, start_step: int, sums, stop, save_partial,
-                    world: World = World()):
-    """One pass over the training split from `start_step`; returns (mean loss, accuracy) with one host
-    sync at the end, or None when a signal asked to stop (after save_partial has written last.pt).
+@dataclass
+class Run:
+    """What the loop trains and writes with: the config, the objects being trained, the run folder."""
+
+    cfg: DictConfig
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    data: TrainData
+    world: World = field(default_factory=World)
+    run_dir: Optional[Path] = None  # None: train without writing (benchmarks)
+    facts: Optional[Dict[str, Any]] = None  # for summary.json: parameters, device, versions, ...
+    started: float = 0.0  # perf_counter() when this process started the run
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def wall(self, state: RunState) -> float:
+        """Seconds spent on the run, by this process and the ones before it."""
+        return state.wall_seconds + time.perf_counter() - self.started
+
+    def save(self, state: RunState, partial: Optional[Tuple] = None) -> None:
+        """Write last.pt at `state` (under torchrun: the running sums all-reduced, rank 0 writes)."""
+        totals = None if partial is None else tuple(all_sum(t.detach().clone(), self.world) for t in partial)
+        if self.world.is_main and self.run_dir is not None:
+            config = OmegaConf.to_container(self.cfg, resolve=True)
+            normalization = {"mean": self.data.mean, "std": self.data.std}
+            snapshot = checkpoints.snapshot(self.model, self.optimizer, state, totals, config, self.data.classes,
+                                            normalization, self.wall(state))  # fmt: skip
+            checkpoints.save(self.last, snapshot)
+
+    def finish(self, state: RunState, status: str, resumed_with: List[str]) -> Dict:
+        """Write summary.json for the run as it stands (rank 0); returns it."""
+        learned = status in ("completed", "early_stopped")
+        warning = did_not_learn(state, self.data) if learned else None
+        summary = runs.summary(status, self.run_dir, self.cfg, state, self.facts, self.wall(state), resumed_with, warning)
+        if self.world.is_main:
+            runs.write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def train_one_epoch(run: Run, state: RunState, scheduler, stop: StopRequest, sums: Optional[Tuple] = None):
+    """One pass over the training split for epoch state.epoch + 1, from step state.step; returns
+    (mean loss, accuracy) with one host sync at the end, or None when a signal asked to stop
+    (after last.pt has been written).
 
     `sums` are the running (loss sum, correct count) of the steps already done; every
-    checkpoint.every_n_steps steps, and on a signal, save_partial(step, sums) writes last.pt.
+    checkpoint.every_n_steps steps, and on a signal, last.pt is written with them.
     Under torchrun each process trains on its share of every global batch; sums are all-reduced.
     """
-    model.train()
+    cfg, data, world, optimizer = run.cfg, run.data, run.world, run.optimizer
+    epoch, start_step = state.epoch + 1, state.step
+    run.net.train()
     device = data.train.images.device
     loss_sum, correct = sums if sums is not None else (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     pad = AUGMENT_PAD if cfg.model.augment else 0
@@ -87,7 +106,7 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
     with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
         for step, (images, labels) in enumerate(batches, start_step + 1):
             with autocast(device, cfg.precision):
-                logits = model(to_model_input(images, data, cfg.channels_last))
+                logits = run.net(to_model_input(images, data, cfg.channels_last))
                 loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -99,7 +118,8 @@ def train_one_epoch(model, optimizer, scheduler, data: TrainData, cfg, epoch: in
             advance()
             stopping = step < steps and any_true(stop.signal is not None, world, device)
             if stopping or (step < steps and every and step % every == 0):
-                save_partial(step, (loss_sum, correct))
+                state.step = step
+                run.save(state, (loss_sum, correct))
                 if stopping:
                     return None
     n = len(data.train)
@@ -126,57 +146,6 @@ def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) 
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
-@dataclass
-class RunState:
-    """Where a run stands: what last.pt records besides the weights, and what summary.json reports."""
-
-    overrides: List[str]  # the command line the run was started with
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps done in epoch + 1 (a mid-epoch checkpoint)
-    best: Dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_accuracy": None, "val_loss": None})
-    last_improvement: int = 0  # the epoch that last raised the best accuracy by more than min_delta
-    history: List[Dict[str, Any]] = field(default_factory=list)  # one row per completed epoch
-    wall_seconds: float = 0.0  # time spent by earlier processes of this run (resumed runs)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Dict, run_dir: Path, overrides: List[str]) -> "RunState":
-        state = cls(overrides, checkpoint["epoch"], checkpoint["step"], checkpoint["best"], checkpoint["last_improvement"])
-        state.history = checkpoint.get("history") or _history_before_v2(run_dir, checkpoint)
-        state.wall_seconds = checkpoint.get("wall_seconds", sum(row.get("seconds", 0) for row in state.history))
-        return state
-
-
-def _history_before_v2(run_dir: Path, checkpoint: Dict) -> List[Dict]:
-    """Format-1 checkpoints hold only the last row: the epochs before it come from metrics.jsonl."""
-    rows = [r for r in metrics.read_epochs(run_dir) if r["epoch"] < checkpoint["epoch"]]
-    return rows + ([checkpoint["metrics"]] if checkpoint.get("metrics") else [])
-
-
-def snapshot(model, optimizer, state: RunState, partial, config: Dict, data: TrainData, device, wall: float) -> Dict:
-    """The checkpoint dict: everything needed to continue from `state` (`partial`: the running
-    sums of a half-done epoch), and to use the model on its own."""
-    return {
-        "format": checkpoints.FORMAT,
-        "format_version": checkpoints.VERSION,
-        "epoch": state.epoch,
-        "step": state.step,
-        "partial": None if partial is None else tuple(t.detach().cpu() for t in partial),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "metrics": state.history[-1] if state.history else {},
-        "history": state.history,
-        "best": state.best,
-        "last_improvement": state.last_improvement,
-        "overrides": state.overrides,
-        "wall_seconds": round(wall, 3),
-        "config": config,
-        "classes": data.classes,
-        "normalization": {"mean": data.mean, "std": data.std},
-        "versions": versions(),
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-    }
-
-
 def chance_level(data: TrainData) -> Tuple[float, int]:
     """(accuracy of always guessing the most frequent class, images it is measured on), on the
     validation split, else the training split."""
@@ -195,72 +164,18 @@ def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
             f"({chance:.2%}, always guessing the most frequent class); try a lower optimizer.lr.")  # fmt: skip
 
 
-@dataclass
-class Run:
-    """What the loop writes with: the run folder, its config and the objects being trained."""
+def interrupted(run: Run, state: RunState, stop: StopRequest, where: str, resumed_with: List[str]) -> Interrupted:
+    """Record the interruption in summary.json; the exception tells the user how to go on."""
+    run.finish(state, "interrupted", resumed_with)
+    name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+    return Interrupted(stop.signal or signal.SIGTERM, f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run.run_dir}")
 
-    cfg: DictConfig
-    run_dir: Path
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    data: TrainData
-    device: torch.device
-    world: World
-    config: Dict  # cfg resolved, as the checkpoint stores it
-    started: float  # perf_counter() when this process started the run
-    started_at: str
 
-    @property
-    def last(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
-
-    def wall(self, state: RunState) -> float:
-        return state.wall_seconds + time.perf_counter() - self.started
-
-    def save(self, state: RunState, partial=None) -> None:
-        """Write last.pt (main process only; under torchrun the running sums are all-reduced first)."""
-        totals = None if partial is None else tuple(all_sum(t.detach().clone(), self.world) for t in partial)
-        if self.world.is_main:
-            checkpoints.save(self.last, snapshot(self.model, self.optimizer, state, totals, self.config, self.data, self.device, self.wall(state)))
-
-    def finish(self, state: RunState, status: str, resumed_with: List[str]) -> Dict:
-        """Write summary.json for the run as it stands; returns it."""
-        cfg, history = self.cfg, state.history
-        summary = {
-            "status": status,
-            "run_dir": str(self.run_dir),
-            "overrides": state.overrides,
-            "dataset": cfg.dataset.name,
-            "model": cfg.model.name,
-            "optimizer": cfg.optimizer.name,
-            "scheduler": cfg.scheduler.name,
-            "parameters": count_parameters(self.model),
-            "epochs": cfg.epochs,
-            "epochs_completed": state.epoch,
-            "best": state.best,
-            "final": history[-1] if history else {},
-            "wall_seconds": round(self.wall(state), 3),
-            "seconds_per_epoch": round(sum(r["seconds"] for r in history) / len(history), 3) if history else None,
-            "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu",
-            "threads": torch.get_num_threads(),
-            "versions": versions(),
-            "started_at": self.started_at,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if resumed_with:
-            summary["resumed_with"] = resumed_with
-        if status == "early_stopped":
-            summary["early_stopping"] = {"patience": cfg.early_stopping.patience, "min_delta": cfg.early_stopping.min_delta,
-                                         "last_improvement": state.last_improvement}  # fmt: skip
-        if history and status in ("completed", "early_stopped"):
-            warning = did_not_learn(state, self.data)
-            summary["learned"] = warning is None
-            if warning:
-                summary["warning"] = warning
-        if self.world.is_main:
-            runs.write_json(self.run_dir / "summary.json", summary)
-        return summary
+def diverged(run: Run, state: RunState, loss: float, resumed_with: List[str]) -> RunFailed:
+    run.finish(state, "diverged", resumed_with)
+    kept = f"; the last good checkpoint is {run.last}" if state.epoch >= 1 else ""
+    return RunFailed(f"the training loss became {loss} in epoch {state.epoch + 1}; lower optimizer.lr "
+                     f"(now {run.cfg.optimizer.lr:g}) and train again{kept}.")  # fmt: skip
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, resume_state: Optional[Dict] = None,
@@ -291,8 +206,9 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
         console.silence()
 
     resumed = resume_state is not None or original_overrides is not None
+    resumed_with = overrides if resumed else []
     if resume_state is not None:
-        state = RunState.from_checkpoint(resume_state, run_dir, original_overrides or [])
+        state = checkpoints.state_of(resume_state, run_dir, original_overrides or [])
     else:
         state = RunState(original_overrides if resumed else overrides)
     data = load_train_data(cfg, device)
@@ -304,9 +220,12 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
     # the schedule of a run this long, at the step the run has reached (raised epochs stretch it)
     scheduler = scheduler_at(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs, state.epoch * steps_per_epoch + state.step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
-    run = Run(cfg, run_dir, model, optimizer, data, device, world, OmegaConf.to_container(cfg, resolve=True), started, started_at)
-
     params = count_parameters(model)
+    facts = {"parameters": params, "device": str(device), "threads": torch.get_num_threads(), "versions": checkpoints.versions(),
+             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+             "started_at": started_at}  # fmt: skip
+    run = Run(cfg, model, net, optimizer, data, world, run_dir, facts, started)
+
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -323,75 +242,38 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
 
     sums = None
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        load_optimizer_state(optimizer, resume_state["optimizer"])
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        if torch.cuda.is_available() and resume_state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(resume_state["rng"]["cuda"])
-        if resume_state["partial"] is not None:  # all processes' sums: the main process carries them
-            sums = tuple(t.to(device) if main else torch.zeros_like(t, device=device) for t in resume_state["partial"])
+        sums = checkpoints.restore(resume_state, model, optimizer, device, carries_sums=main)
     if resumed:
         if main:  # metrics files as the checkpoint knows them: no torn line, no epoch twice
             metrics.write_epochs(run_dir, state.history)
         console.say(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
-    resumed_with = overrides if resumed else []
-
-    def interrupted(stop: StopRequest, where: str) -> Interrupted:
-        """Record the interruption in summary.json; the exception tells the user how to go on."""
-        run.finish(state, "interrupted", resumed_with)
-        name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
-        return Interrupted(stop.signal or signal.SIGTERM, f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run_dir}")
 
     status = "completed"
     with StopRequest() as stop:
-        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        while state.epoch < cfg.epochs:
             epoch_start = time.perf_counter()
-
-            def save_partial(step: int, partial) -> None:
-                state.step = step
-                run.save(state, partial)
-
-            result = train_one_epoch(net, optimizer, scheduler, data, cfg, epoch, state.step, sums, stop, save_partial, world)
+            result = train_one_epoch(run, state, scheduler, stop, sums)
             sums = None
             if result is None:  # a signal: last.pt already holds this step
-                raise interrupted(stop, f"in epoch {epoch}")
-            train_loss, train_acc = result
+                raise interrupted(run, state, stop, f"in epoch {state.epoch + 1}", resumed_with)
+            train_loss, train_accuracy = result
             if not math.isfinite(train_loss):
-                run.finish(state, "diverged", resumed_with)
-                kept = f"; the last good checkpoint is {run.last}" if epoch > 1 else ""
-                raise RunFailed(
-                    f"the training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {cfg.optimizer.lr:g}) "
-                    f"and train again{kept}."
-                )
-            val_loss, val_acc = evaluate(model, data.val, data, cfg, world)
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - epoch_start, 3),
-            }
+                raise diverged(run, state, train_loss, resumed_with)
+            val_loss, val_accuracy = evaluate(model, data.val, data, cfg, world)
+            row = {"epoch": state.epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy, "val_loss": val_loss,
+                   "val_accuracy": val_accuracy, "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": round(time.perf_counter() - epoch_start, 3)}  # fmt: skip
             console.say(console.epoch_line(row, cfg.epochs))
-
-            best_accuracy = state.best["val_accuracy"]
-            is_best = val_acc is None or best_accuracy is None or val_acc > best_accuracy  # no validation: the last is best
-            if val_acc is None or best_accuracy is None or val_acc > best_accuracy + cfg.early_stopping.min_delta:
-                state.last_improvement = epoch
-            if is_best:
-                state.best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
-            state.epoch, state.step = epoch, 0
-            state.history.append(row)
+            is_best = state.record(row, cfg.early_stopping.min_delta)
             if main:
                 metrics.write_epochs(run_dir, state.history)
             run.save(state)
             if main and is_best:
                 runs.copy_atomically(run.last, run_dir / "checkpoints" / "best.pt")
-            if epoch < cfg.epochs and any_true(stop.signal is not None, world, device):  # during evaluation or saving
-                raise interrupted(stop, f"after epoch {epoch}")
+            if state.epoch < cfg.epochs and any_true(stop.signal is not None, world, device):  # during evaluation or saving
+                raise interrupted(run, state, stop, f"after epoch {state.epoch}", resumed_with)
             patience = cfg.early_stopping.patience
-            if patience and epoch - state.last_improvement >= patience and epoch < cfg.epochs:
+            if patience and state.epoch - state.last_improvement >= patience and state.epoch < cfg.epochs:
                 console.say(f"early stopping: no val_acc gain above {cfg.early_stopping.min_delta} in {patience} epochs")
                 status = "early_stopped"
                 break

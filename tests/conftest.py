@@ -1,4 +1,5 @@
-"""Fixtures: small synthetic IDX datasets in torchvision's raw layout, and a way to run `mnist`."""
+"""Fixtures and helpers shared by the test modules: small synthetic IDX datasets in torchvision's raw layout,
+a way to run `mnist`, and a checkpoint payload that runs code when unpickled."""
 
 from __future__ import annotations
 
@@ -84,6 +85,16 @@ def cli_env(data_root, tmp_path_factory) -> dict:
     )
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+class Payload:
+    """Unpickling this runs code: it touches a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
 
 
 MNIST_COMMAND = str(Path(sys.executable).with_name("mnist"))

@@ -59,10 +59,10 @@ def test_fused_optimizers_are_the_default_on_cpu_and_can_be_turned_off(optimizer
     assert build_optimizer(meta, compose_train(f"optimizer={optimizer_name}").optimizer).defaults["fused"] is None
 
 
-def test_dropout_drops_about_p_keeps_the_mean_and_is_off_in_eval():
-    from mnist_cli.models import Dropout
+def test_byte_mask_dropout_drops_about_p_keeps_the_mean_and_is_off_in_eval():
+    from mnist_cli.models import ByteMaskDropout
 
-    layer = Dropout(0.2)
+    layer = ByteMaskDropout(0.2)
     torch.manual_seed(0)
     out = layer(torch.ones(1000, 1000))
     assert abs((out == 0).float().mean().item() - 0.2) < 0.005

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_mnist
+from conftest import Payload, run_mnist
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +158,6 @@ def test_predict_bad_files_get_their_own_rows(trained_run, workdir, cli_env, tmp
     none = run_mnist("predict", "run=latest", f"inputs=[{','.join(map(str, bad))}]", cwd=workdir, env=cli_env)
     assert none.returncode == 2
     assert "Traceback" not in some.stderr + none.stderr + none.stdout
-
-
-class Payload:
-    """Unpickling this runs code: it touches a marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 @pytest.mark.parametrize("case", ["missing run", "not a checkpoint", "pickled code", "no train runs", "run not given"])

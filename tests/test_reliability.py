@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MNIST_COMMAND, run_mnist
+from conftest import MNIST_COMMAND, Payload, run_mnist
 
 # 500 training images in batches of 20: 25 steps an epoch, 4 epochs; last.pt every 5 steps too
 RUN = ["model=lenet", "epochs=4", "batch_size=20", "data.val_size=100", "device=cpu", "threads=1"]
@@ -162,8 +162,6 @@ def test_a_diverging_run_stops_with_advice_and_keeps_its_last_good_checkpoint(tm
 
 
 def test_resume_refuses_a_checkpoint_with_code_in_it(tmp_path, cli_env):
-    from test_eval_predict import Payload
-
     marker = tmp_path / "code_ran"
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)

@@ -1,0 +1,24 @@
+"""Which torch device a command runs on: `device=auto | cpu | cuda | cuda:N | mps`."""
+
+from __future__ import annotations
+
+import torch
+
+from mnist_cli.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda, else mps, else cpu; an explicit device must exist."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} was asked for but no CUDA GPU is available; use device=cpu or device=auto.")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise UserError(f"device={name} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    if name == "mps" and not mps_ok:
+        raise UserError("device=mps was asked for but MPS is not available; use device=cpu or device=auto.")
+    return torch.device(name)

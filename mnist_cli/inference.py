@@ -1,0 +1,38 @@
+"""Running a trained model on images: what `mnist eval` and `mnist predict` share.
+
+A trained run (checkpoints.load_trained) gives the model, its classes and its normalisation;
+this module finds the images of one of its data splits and turns uint8 images into logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cli.checkpoints import Trained
+from mnist_cli.data import Split, load_dataset, load_train_data, normalize
+from mnist_cli.errors import UserError
+
+
+def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split:
+    """The split the user asked for, from the run's dataset (val/train: the run's own fixed split)."""
+    run_cfg = trained.config
+    root = cfg.data.root if cfg.data.root is not None else run_cfg.data.root
+    if cfg.split == "test":
+        test = load_dataset(root, run_cfg.dataset.folder, train=False, download=cfg.data.download)
+        return Split(test.images.to(device), test.labels.to(device))
+    train_cfg = OmegaConf.merge(run_cfg, {"data": {"root": root, "download": cfg.data.download}})
+    data = load_train_data(train_cfg, device)
+    if cfg.split == "val" and len(data.val) == 0:
+        raise UserError("the run trained with data.val_size=0: it has no validation split; use split=test.")
+    return data.val if cfg.split == "val" else data.train
+
+
+@torch.no_grad()
+def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (N, classes) for uint8 images (N, 28, 28) already on the model's device."""
+    chunks = [
+        trained.model(normalize(images[i : i + batch_size], trained.mean, trained.std))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks).float()
