@@ -176,12 +176,43 @@ def _refuse_before_hydra(args: List[str]) -> None:
             if o.value_type.name == "INTERVAL_SWEEP" or not multirun:
                 raise UserError(f"{o.key_or_group}=interval(...) needs a search sweeper: add hparams_search=optuna, "
                                 "or list the values to try (-m key=a,b,c).")  # fmt: skip
-    given = _given(args)
-    folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    folder = given.get(folder_key)
-    if folder is not None and given.get("resume") in (None, "null") and Path(str(folder)).is_dir() and any(Path(str(folder)).iterdir()):
-        hint = "" if multirun else f", or continue it with resume={folder}"
-        raise UserError(f"{folder_key}={folder} is not empty; choose a new folder{hint}.")
+
+
+def _quoted(path: Path) -> str:
+    """`path` as a quoted Hydra override value (a quote inside it escaped)."""
+    return "'" + str(path).replace("'", "\\'") + "'"
+
+
+def _claim_named_folder(args: List[str]) -> List[str]:
+    """With hydra.run.dir= (hydra.sweep.dir= for -m) the user names the folder: resolve it as Hydra
+    will (${outputs_dir}, ${now:...}), create and lock it, and refuse it unless it is empty, all
+    before Hydra writes .hydra/ into it. Returns the arguments with the resolved folder."""
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    overrides = _overrides(args)
+    if key not in {o.key_or_group for o in overrides} or _given(args).get("resume") not in (None, "null"):
+        return args
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_module(config_module="mnist_cli.conf", version_base="1.3"):
+            cfg = compose("train", [o.input_line for o in overrides if not o.is_sweep_override()], return_hydra_config=True)
+        folder = Path(str(OmegaConf.select(cfg, key)))
+    except Exception:  # Hydra will say what is wrong with the command line
+        return args
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{key}={folder} cannot be created ({error.strerror}); choose another folder.") from None
+    from mnist_cli import runs
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        runs.lock_run(folder)  # a second process naming the same folder is refused here, before it writes
+        if any(p.name != runs.LOCK_FILE for p in folder.iterdir()):
+            hint = "" if multirun else f", or continue it with resume={folder}"
+            raise UserError(f"{key}={folder} is not empty; choose a new folder{hint}.")
+    return [*args, f"{key}={_quoted(folder.resolve())}"]
 
 
 def _resume_in_place(args: List[str]) -> List[str]:
@@ -198,7 +229,7 @@ def _resume_in_place(args: List[str]) -> List[str]:
     folder = run_folder(str(resume), str(values.get("outputs_dir", "outputs")))
     if int(os.environ.get("RANK", "0")) == 0:
         runs.lock_run(folder)  # before Hydra opens anything in it: a second process writes nothing
-    return [*args, f"hydra.run.dir='{folder}'", "hydra.output_subdir=null"]
+    return [*args, f"hydra.run.dir={_quoted(folder)}", "hydra.output_subdir=null"]
 
 
 PATH_KEYS = ("outputs_dir", "data.root", "resume", "run", "output")
@@ -306,7 +337,7 @@ def run_hydra_app(command: str, args: List[str]) -> int:
 
     if command == "train":
         _refuse_before_hydra(args)
-        args = _resume_in_place(args)
+        args = _claim_named_folder(_resume_in_place(args))
     if command in ("train", "predict"):
         _check_outputs_dir(args)
     if command == "train" and int(os.environ.get("RANK", "0")) > 0:

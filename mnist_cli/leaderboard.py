@@ -50,7 +50,7 @@ def read_summary(run_dir: Path) -> Tuple[Dict, Optional[str]]:
         return {}, "summary.json is empty"
     try:
         summary = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return {}, "summary.json is not valid JSON"
     if not isinstance(summary, dict):
         return {}, "summary.json is not a JSON object"

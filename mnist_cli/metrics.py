@@ -90,7 +90,7 @@ def read_epochs(run_dir: Path) -> List[Dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             row = None
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
             rows.append(row)

@@ -35,11 +35,17 @@ def _never_checkpointed(folder: Path) -> bool:
 
 
 def _named(value: str, outputs_dir: str) -> Path:
-    """The path resume=<value> names (the run `latest` points to)."""
+    """The path resume=<value> names (the run `latest` points to). A file must be a run's own
+    checkpoints/last.pt: continuing from best.pt, or from a copy elsewhere, would overwrite a run
+    folder with another history."""
     if value == "latest":
         link = Path(outputs_dir) / "train" / "latest"
         return link.resolve() if link.exists() else link
-    return Path(value).expanduser()
+    path = Path(value).expanduser()
+    if path.is_file() and not (path.name == "last.pt" and path.parent.name == "checkpoints"):
+        raise UserError(f"resume= continues a run from its own checkpoints/last.pt, and {value} is not one; "
+                        "give the run folder (or latest).")  # fmt: skip
+    return path
 
 
 def run_folder(value: str, outputs_dir: str) -> Path:

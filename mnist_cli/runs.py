@@ -163,13 +163,21 @@ def copy_atomically(source: Path, target: Path) -> None:
         atomic_write(target, lambda f: shutil.copyfileobj(src, f))
 
 
-def point_latest(link: Path, run_dir: Path) -> None:
-    """Make `link` a relative symlink to run_dir, replacing any previous one atomically."""
+def point_latest(link: Path, run_dir: Path) -> Optional[str]:
+    """Make `link` a relative symlink to run_dir, replacing any previous link atomically; returns a
+    sentence (and leaves it alone) when `link` is a real file or folder, which is the user's."""
     link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists() and not link.is_symlink():
+        return f"{link} is not a link made by mnist (a real file or folder): left as it is, so `latest` does not find this run."
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(run_dir.resolve(), link.parent.resolve()), tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return None
 
 
 LOCK_FILE = ".lock"
@@ -186,9 +194,9 @@ def lock_run(run_dir: Path) -> None:
         return
     path = Path(run_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never write through a planted link
     except OSError as error:
-        raise UserError(f"cannot lock {run_dir} ({error.strerror}); is the folder writable?") from None
+        raise UserError(f"cannot lock {run_dir}: {path} cannot be opened as a plain file ({error.strerror}).") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -209,10 +217,16 @@ def unlock_run(run_dir: Path) -> None:
 
 
 def discard_unstarted(run_dir: Path) -> None:
-    """Remove a run folder that holds only what Hydra wrote before the run failed to start."""
+    """Remove a run folder that holds only what Hydra wrote before the run failed to start
+    (never one another process holds)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
         return
+    try:
+        lock_run(run_dir)
+    except UserError:  # another process writes this folder: its files are not ours to remove
+        return
+    unlock_run(run_dir)
     entries = {p.name for p in run_dir.iterdir()}
     if not entries <= {".hydra", "train.log", "checkpoints", LOCK_FILE}:
         return

@@ -161,7 +161,7 @@ def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
     if accuracy is None or accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n):
         return None
     return (f"the run did not learn: its best {key.replace('_accuracy', '')} accuracy {accuracy:.2%} is no better than chance "
-            f"({chance:.2%}, always guessing the most frequent class); try a lower optimizer.lr.")  # fmt: skip
+            f"({chance:.2%}, always guessing the most frequent class); try another optimizer.lr.")  # fmt: skip
 
 
 def interrupted(run: Run, state: RunState, stop: StopRequest, where: str, resumed_with: List[str]) -> Interrupted:
@@ -229,7 +229,9 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
+        note = runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
+        if note:
+            console.say(f"note: {note}")
         runs.atomic_write(run_dir / "model.txt", lambda f: f.write(console.render_text(table).encode()))
     console.show_table(table)
     console.say(

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_install_finds_its_configs(tmp_path, cli_env):
     wheels = tmp_path / "wheels"
     build = subprocess.run(

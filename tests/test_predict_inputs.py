@@ -94,6 +94,7 @@ def test_broken_and_odd_files_each_get_a_one_sentence_row(trained_run, workdir, 
     assert rows[0]["predicted"] is not None
 
 
+@pytest.mark.slow
 def test_save_inputs_on_hundreds_of_files_draws_the_first_100_and_says_so(trained_run, workdir, cli_env, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()

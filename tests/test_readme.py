@@ -250,6 +250,7 @@ def prepare(line: str, places: Dict[str, Path], workdir: Path, env: dict) -> Tup
 # --- the lines ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line", list(COMMANDS), ids=list(COMMANDS))
 def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env):
     if line in SKIP:

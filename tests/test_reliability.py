@@ -71,6 +71,7 @@ def resume_until_done(run_dir: Path, workdir: Path, env: dict) -> None:
     raise AssertionError("did not finish")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(int(os.environ.get("KILL_TRIALS", "4"))))  # KILL_TRIALS=20 for more
 def test_killed_at_a_random_step_and_resumed_matches_the_uninterrupted_run(trial, reference, tmp_path, cli_env):
     rng = random.Random(trial)
@@ -88,6 +89,7 @@ def test_killed_at_a_random_step_and_resumed_matches_the_uninterrupted_run(trial
         assert len((run_dir / name).read_text().splitlines()) == 4 + (name == "metrics.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_last_pt_says_how_to_resume_and_exits(signum, code, reference, tmp_path, cli_env):
     process = start(tmp_path, cli_env, *RUN)  # checkpoints per epoch only: the signal writes the mid-epoch one

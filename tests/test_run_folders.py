@@ -106,6 +106,7 @@ def test_a_rebuilt_schedule_matches_a_fresh_run_of_the_new_length_at_every_step(
     assert resumed.state_dict()["state"][0]["momentum_buffer"] is not None  # the optimizer's own state came back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
 def test_resume_with_more_epochs_trains_on_the_new_schedule(scheduler, workdir, tmp_path, cli_env):
     short = run_mnist("train", *SMALL, f"scheduler={scheduler}", "epochs=1", cwd=tmp_path, env=cli_env)
@@ -129,6 +130,7 @@ def test_resume_with_more_epochs_trains_on_the_new_schedule(scheduler, workdir, 
 # ---- 2. one process per run folder ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_concurrent_resumes_train_each_epoch_once(finished, tmp_path, cli_env):
     run_dir = copy_run(finished, tmp_path)
     args = [MNIST_COMMAND, "train", f"resume={run_dir}", "epochs=4"]
@@ -144,6 +146,7 @@ def test_three_concurrent_resumes_train_each_epoch_once(finished, tmp_path, cli_
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_naming_the_holder_and_kill_9_frees_the_folder(tmp_path, cli_env):
     first = subprocess.Popen([MNIST_COMMAND, "train", "model=lenet", "data.val_size=100", "batch_size=20", "device=cpu",
                               "threads=1", "epochs=30"], cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL)  # fmt: skip
@@ -287,6 +290,7 @@ def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch_as_best(tmp_p
     assert run_mnist("eval", f"run={run_dir}", cwd=tmp_path, env=cli_env).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, cli_env):
     process = subprocess.Popen([MNIST_COMMAND, "train", *SMALL, "epochs=2", "model.hidden=[48]"], cwd=tmp_path,
                                env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -325,6 +329,7 @@ MISTAKES = {
     "rmsprop alpha 1": (["train", "optimizer=rmsprop", "optimizer.alpha=1"], "optimizer.alpha must be in [0, 1)"),
     "interval without a search sweeper": (["train", "-m", "optimizer.lr=interval(0.001,0.01)"], "needs a search sweeper"),
     "shell completion": (["train", "--shell-completion", "install=bash"], "shell completion is not supported"),
+    "validation metric without validation": (["train", "data.val_size=0", "optimized_metric=best.val_loss"], "a train metric"),
 }
 
 
@@ -376,6 +381,7 @@ def test_eval_into_a_closed_pipe_is_not_a_failed_gate(finished, tmp_path, cli_en
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_ctrl_c_during_eval_or_predict_is_one_sentence_and_leaves_no_folder(command, finished, tmp_path, cli_env):
     args = [MNIST_COMMAND, command, f"run={finished}"] + (["indices=[0,1]"] if command == "predict" else [])
@@ -388,3 +394,76 @@ def test_ctrl_c_during_eval_or_predict_is_one_sentence_and_leaves_no_folder(comm
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "outputs").glob("predict/*/*")), "an empty predict folder was left"
+
+
+# ---- found by a hostile pass: ways to overwrite a run that the checks above did not close --------
+
+
+def test_a_run_folder_named_through_an_interpolation_is_checked_as_hydra_resolves_it(finished, tmp_path, cli_env):
+    run_dir = copy_run(finished, tmp_path)
+    before = files_of(run_dir)
+    result = run_mnist("train", *SMALL, "epochs=1", f"outputs_dir={tmp_path}", "hydra.run.dir=${outputs_dir}/run",
+                       cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 2 and "is not empty" in result.stderr, result.stderr
+    assert files_of(run_dir) == before
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_sentence(tmp_path, cli_env):
+    (tmp_path / "afile").write_text("mine")
+    result = run_mnist("train", *SMALL, "epochs=1", "hydra.run.dir=afile", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 2 and "cannot be created" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_two_processes_naming_one_new_folder_leave_the_winners_run_whole(tmp_path, cli_env):
+    procs = [subprocess.Popen([MNIST_COMMAND, "train", *SMALL, "epochs=2", f"seed={seed}", "hydra.run.dir=dup"], cwd=tmp_path,
+                              env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]  # fmt: skip
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    winner = 1 + [code for code, _ in results].index(0)
+    assert f"seed={winner}" in (tmp_path / "dup" / ".hydra" / "overrides.yaml").read_text()
+    assert epochs_of(tmp_path / "dup") == [1, 2] and (tmp_path / "dup" / "train.log").exists()
+
+
+@pytest.mark.parametrize("where", ["best.pt", "a copy elsewhere"])
+def test_resume_continues_only_from_the_runs_own_last_pt(where, finished, tmp_path, cli_env):
+    run_dir = copy_run(finished, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    target = run_dir / "checkpoints" / "best.pt"
+    if where == "a copy elsewhere":
+        target = other / "from_run.pt"
+        shutil.copy(run_dir / "checkpoints" / "last.pt", target)
+    before = files_of(run_dir), files_of(other)
+    result = run_mnist("train", f"resume={target}", "epochs=3", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 2 and "give the run folder" in result.stderr, result.stderr
+    assert (files_of(run_dir), files_of(other)) == before
+
+
+def test_a_planted_lock_link_is_not_followed(finished, tmp_path, cli_env):
+    run_dir = copy_run(finished, tmp_path)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not truncate me")
+    (run_dir / runs.LOCK_FILE).symlink_to(precious)
+    result = run_mnist("train", f"resume={run_dir}", "epochs=3", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 2 and "cannot lock" in result.stderr and "Traceback" not in result.stderr
+    assert precious.read_text() == "do not truncate me"
+
+
+def test_a_folder_with_a_quote_in_its_name_resumes(tmp_path, cli_env):
+    outputs = tmp_path / "Bob's runs"
+    first = run_mnist("train", *SMALL, "epochs=1", f'outputs_dir="{outputs}"', cwd=tmp_path, env=cli_env)
+    assert first.returncode == 0, first.stderr
+    resumed = run_mnist("train", "resume=latest", "epochs=2", f'outputs_dir="{outputs}"', cwd=tmp_path, env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert epochs_of(outputs / "train" / "latest") == [1, 2]
+
+
+def test_a_real_folder_named_latest_is_left_alone(tmp_path, cli_env):
+    mine = tmp_path / "outputs" / "train" / "latest"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    result = run_mnist("train", *SMALL, "epochs=1", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "is not a link made by mnist" in result.stdout and (mine / "notes.txt").read_text() == "mine"

@@ -26,6 +26,7 @@ def final_val_accuracy(run_dir: Path) -> float:
     return json.loads((run_dir / "summary.json").read_text())["final"]["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_and_write_one_run_folder(tmp_path, cli_env):
     single = run_mnist("train", *RUN, cwd=tmp_path / "." , env=cli_env)
     assert single.returncode == 0, single.stderr
@@ -50,6 +51,7 @@ def test_torchrun_two_processes_match_one_process_and_write_one_run_folder(tmp_p
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                     reason="hydra-submitit-launcher is not installed: pip install -e '.[slurm]'")  # fmt: skip
 def test_submitit_local_sweep_runs_two_jobs(tmp_path, cli_env):

@@ -60,6 +60,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path, cli_env):
     assert statuses == {"0.002": "completed", "-1": "failed", "0.003": "completed"}
 
 
+@pytest.mark.slow
 def test_concurrent_sweeps_get_their_own_folders(tmp_path, cli_env):
     args = [MNIST_COMMAND, "train", "-m", "model=mlp", "model.hidden=[16],[32]", *TINY]
     procs = [subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
@@ -113,6 +114,7 @@ def test_report_bad_input(args, message, tmp_path, cli_env):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
                     reason="hydra-joblib-launcher is not installed: pip install -e '.[parallel]'")  # fmt: skip
 def test_joblib_sweep_runs_jobs_in_two_processes_with_one_thread_each(tmp_path, cli_env):
@@ -126,6 +128,7 @@ def test_joblib_sweep_runs_jobs_in_two_processes_with_one_thread_each(tmp_path, 
     assert len(json.loads((folder / "leaderboard.json").read_text())["rows"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
                     reason="hydra-optuna-sweeper is not installed: pip install -e '.[optuna]'")  # fmt: skip
 def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path, cli_env):
