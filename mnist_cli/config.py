@@ -403,8 +403,6 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(cfg.optimized_metric in SUMMARY_METRICS, "optimized_metric", f"one of {', '.join(SUMMARY_METRICS)}")
-    need(cfg.data.val_size != 0 or ".val_" not in cfg.optimized_metric, "optimized_metric",
-         "a train metric (final.train_accuracy, final.train_loss) or wall_seconds when data.val_size=0 (no validation)")
 
     opt = cfg.optimizer
     need(opt.lr > 0, "optimizer.lr", "greater than 0")

@@ -329,7 +329,6 @@ MISTAKES = {
     "rmsprop alpha 1": (["train", "optimizer=rmsprop", "optimizer.alpha=1"], "optimizer.alpha must be in [0, 1)"),
     "interval without a search sweeper": (["train", "-m", "optimizer.lr=interval(0.001,0.01)"], "needs a search sweeper"),
     "shell completion": (["train", "--shell-completion", "install=bash"], "shell completion is not supported"),
-    "validation metric without validation": (["train", "data.val_size=0", "optimized_metric=best.val_loss"], "a train metric"),
 }
 
 
