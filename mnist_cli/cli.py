@@ -66,12 +66,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as error:  # found before Hydra starts (e.g. resume= names no run)
         print(f"mnist {command}: {error}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:  # Ctrl-C before the command's own work began
         print(f"mnist {command}: interrupted by Ctrl-C.", file=sys.stderr)
         return 130
+
+
+def _closed_pipe() -> int:
+    """Output piped into `head` and the like, whose reader went away: stop quietly, as `cat` does.
+    Returns 141 (128 + SIGPIPE), never 1, the failed-gate code of `mnist eval`."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def _multirun(args: List[str]) -> bool:
+    return "-m" in args or "--multirun" in args
 
 
 def _parallel_jobs(runtime) -> int:
@@ -167,7 +177,7 @@ def _refuse_before_hydra(args: List[str]) -> None:
     """Mistakes Hydra would answer with a traceback, or by overwriting a run: one sentence instead."""
     if "--shell-completion" in args or "-sc" in args:
         raise UserError("shell completion is not supported; `mnist --help` lists the commands, `mnist <command> --help` every key.")
-    multirun = "-m" in args or "--multirun" in args
+    multirun = _multirun(args)
     overrides = _overrides(args)
     keys = {o.key_or_group for o in overrides}
     searched = "hparams_search" in keys or "hydra/sweeper" in keys
@@ -187,18 +197,18 @@ def _claim_named_folder(args: List[str]) -> List[str]:
     """With hydra.run.dir= (hydra.sweep.dir= for -m) the user names the folder: resolve it as Hydra
     will (${outputs_dir}, ${now:...}), create and lock it, and refuse it unless it is empty, all
     before Hydra writes .hydra/ into it. Returns the arguments with the resolved folder."""
-    multirun = "-m" in args or "--multirun" in args
+    multirun = _multirun(args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     overrides = _overrides(args)
     if key not in {o.key_or_group for o in overrides} or _given(args).get("resume") not in (None, "null"):
         return args
-    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
+    from mnist_cli.config import compose
+
     try:
-        with initialize_config_module(config_module="mnist_cli.conf", version_base="1.3"):
-            cfg = compose("train", [o.input_line for o in overrides if not o.is_sweep_override()], return_hydra_config=True)
-        folder = Path(str(OmegaConf.select(cfg, key)))
+        folder = Path(str(OmegaConf.select(compose("train", [o.input_line for o in overrides if not o.is_sweep_override()],
+                                                   with_hydra=True), key)))  # fmt: skip
     except Exception:  # Hydra will say what is wrong with the command line
         return args
     try:
@@ -224,7 +234,7 @@ def _resume_in_place(args: List[str]) -> List[str]:
     from mnist_cli import runs
     from mnist_cli.resume import run_folder
 
-    if "-m" in args or "--multirun" in args:
+    if _multirun(args):
         raise UserError("resume= continues one run; it cannot be part of a sweep (-m).")
     folder = run_folder(str(resume), str(values.get("outputs_dir", "outputs")))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -259,12 +269,12 @@ def _print_help(command: str, overrides: List[str]) -> int:
     """
     import string
 
-    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf, open_dict
 
+    from mnist_cli.config import compose
+
     try:
-        with initialize_config_module(config_module="mnist_cli.conf", version_base="1.3"):
-            cfg = compose(config_name=command, overrides=overrides, return_hydra_config=True)
+        cfg = compose(command, overrides, with_hydra=True)
     except Exception as error:  # a bad override: the same one-line answer as without --help
         print(f"mnist {command}: {error}", file=sys.stderr)
         return 2
@@ -316,9 +326,8 @@ def run_hydra_app(command: str, args: List[str]) -> int:
             print(f"mnist {command}: interrupted by Ctrl-C.", file=sys.stderr)
             _discard_unless_resumed(command, cfg, runtime)
             sys.exit(130)
-        except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as `cat` does
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
+        except BrokenPipeError:
+            sys.exit(_closed_pipe())
         except (UserError, RunFailed) as error:
             from mnist_cli import runs
 

@@ -261,12 +261,13 @@ def _hydra() -> Iterator[None]:
         yield
 
 
-def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Return conf/<command>.yaml composed with `overrides`, as `mnist <command> --cfg job` shows it."""
+def compose(command: str, overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """Return conf/<command>.yaml composed with `overrides`, as `mnist <command> --cfg job` shows it
+    (with_hydra: with the `hydra` node too, as `--cfg all` shows it)."""
     from hydra import compose as hydra_compose
 
     with _hydra():
-        return hydra_compose(config_name=command, overrides=list(overrides))
+        return hydra_compose(config_name=command, overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 # Keys whose YAML value is not how a run from before the key existed ran: such a run continues
@@ -378,6 +379,8 @@ def refuse_unknown_keys(cfg: DictConfig, added: List[str]) -> None:
     otherwise be ignored), suggesting the closest known key."""
     import difflib
 
+    if not added:  # the common case: nothing to look up
+        return
     known = set(known_keys(cfg))
     for key in added:
         if key in known or key in ("experiment", "hparams_search", *GROUP_SCHEMAS) or key.startswith("hydra"):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import sys
 from contextlib import contextmanager
 from typing import Dict, Iterator, List
 
@@ -17,14 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 log = logging.getLogger("mnist_cli")
-CLOSED_PIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for `cat big | head`; never a failed gate's 1
 
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        """The reader of our output went away (`mnist eval ... | head`): stop quietly (rich exits 1)."""
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(CLOSED_PIPE_EXIT)
+        """The reader of our output went away (`mnist eval ... | head`): let the CLI handle it as
+        it does for print() (rich's own handler exits 1, the failed-gate code)."""
+        raise BrokenPipeError
 
 
 console = _Console(highlight=False)

@@ -59,24 +59,17 @@ def read_summary(run_dir: Path) -> Tuple[Dict, Optional[str]]:
     return summary, None
 
 
-def check_epochs(run_dir: Path, epochs: List[Dict]) -> Optional[str]:
-    """What is wrong with metrics.jsonl, given the rows metrics.read_epochs kept; None when nothing.
-
-    A null or NaN val_accuracy is no value (data.val_size=0, an old file); a missing one or a string is damage.
-    """
-    try:
-        lines = sum(1 for line in (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines() if line.strip())
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        return f"metrics.jsonl could not be read ({error.strerror})"
-    if lines > len(epochs):
-        return f"metrics.jsonl has {lines - len(epochs)} unreadable line(s)"
+def read_epochs(run_dir: Path) -> Tuple[List[Dict], Optional[str]]:
+    """(metrics.jsonl's readable rows; what is wrong with the file, or None). A null val_accuracy
+    is no value (data.val_size=0); a missing one or a string is damage."""
+    epochs, problem = metrics.read_epoch_file(run_dir)
+    if problem:
+        return epochs, problem
     for epoch in epochs:
         value = epoch.get("val_accuracy", "")
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"metrics.jsonl epoch {epoch['epoch']} has no val_accuracy number"
-    return None
+            return epochs, f"metrics.jsonl epoch {epoch['epoch']} has no val_accuracy number"
+    return epochs, None
 
 
 def read_overrides(run_dir: Path) -> Tuple[Dict[str, str], Optional[str]]:
@@ -122,9 +115,9 @@ def run_record(run_dir: Path) -> Dict:
     metrics.jsonl (unfinished runs); a damaged file makes status `damaged` with the reason in
     error, and keeps whatever could still be read."""
     summary, summary_problem = read_summary(run_dir)
-    epochs = metrics.read_epochs(run_dir)
+    epochs, epochs_problem = read_epochs(run_dir)
     overrides, overrides_problem = read_overrides(run_dir)
-    problem = summary_problem or check_epochs(run_dir, epochs) or overrides_problem
+    problem = summary_problem or epochs_problem or overrides_problem
     from_epochs = summary_of_epochs(epochs)
     record = {"run": str(run_dir.resolve()), "overrides": overrides}
     for metric in metrics.SUMMARY_METRICS.values():

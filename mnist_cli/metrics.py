@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from mnist_cli import runs
 
@@ -73,17 +73,17 @@ def _say_once(path: Path, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def read_epochs(run_dir: Path) -> List[Dict[str, Any]]:
-    """The epoch rows of metrics.jsonl (empty when there is none); unreadable lines are skipped,
-    with one note on stderr per file."""
+def read_epoch_file(run_dir: Path) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    """(the readable epoch rows of metrics.jsonl, [] when there is none; what is wrong with the
+    file, or None). An unreadable line is skipped; what was skipped is said once per file on stderr."""
     path = files(run_dir)[0]
     try:
-        text = Path(path).read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return [], None
     except OSError as error:
         _say_once(path, f"mnist: could not read {path} ({error.strerror}); its epochs are not shown.")
-        return []
+        return [], f"metrics.jsonl could not be read ({error.strerror})"
     rows, skipped = [], 0
     for line in text.splitlines():
         if not line.strip():
@@ -96,6 +96,12 @@ def read_epochs(run_dir: Path) -> List[Dict[str, Any]]:
             rows.append(row)
         else:
             skipped += 1
-    if skipped:
-        _say_once(path, f"mnist: skipped {skipped} unreadable line(s) in {path} (a write cut off, or edited by hand).")
-    return rows
+    if not skipped:
+        return rows, None
+    _say_once(path, f"mnist: skipped {skipped} unreadable line(s) in {path} (a write cut off, or edited by hand).")
+    return rows, f"metrics.jsonl has {skipped} unreadable line(s)"
+
+
+def read_epochs(run_dir: Path) -> List[Dict[str, Any]]:
+    """The readable epoch rows of metrics.jsonl (see read_epoch_file)."""
+    return read_epoch_file(run_dir)[0]

@@ -55,6 +55,7 @@ class Run:
     world: World = field(default_factory=World)
     run_dir: Optional[Path] = None  # None: train without writing (benchmarks)
     facts: Optional[Dict[str, Any]] = None  # for summary.json: parameters, device, versions, ...
+    config: Optional[Dict[str, Any]] = None  # cfg resolved to plain data, as checkpoints store it
     started: float = 0.0  # perf_counter() when this process started the run
 
     @property
@@ -69,9 +70,8 @@ class Run:
         """Write last.pt at `state` (under torchrun: the running sums all-reduced, rank 0 writes)."""
         totals = None if partial is None else tuple(all_sum(t.detach().clone(), self.world) for t in partial)
         if self.world.is_main and self.run_dir is not None:
-            config = OmegaConf.to_container(self.cfg, resolve=True)
             normalization = {"mean": self.data.mean, "std": self.data.std}
-            snapshot = checkpoints.snapshot(self.model, self.optimizer, state, totals, config, self.data.classes,
+            snapshot = checkpoints.snapshot(self.model, self.optimizer, state, totals, self.config, self.data.classes,
                                             normalization, self.wall(state))  # fmt: skip
             checkpoints.save(self.last, snapshot)
 
@@ -224,7 +224,7 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
     facts = {"parameters": params, "device": str(device), "threads": torch.get_num_threads(), "versions": checkpoints.versions(),
              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
              "started_at": started_at}  # fmt: skip
-    run = Run(cfg, model, net, optimizer, data, world, run_dir, facts, started)
+    run = Run(cfg, model, net, optimizer, data, world, run_dir, facts, OmegaConf.to_container(cfg, resolve=True), started)
 
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
