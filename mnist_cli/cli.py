@@ -54,14 +54,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mnist-cli {__version__}")
         return 0
     command = args[0]
-    if command == "report":
-        from mnist_cli.report import report_command
-
-        return report_command(args[1:])
     if command not in COMMANDS:
         print(f"mnist: '{command}' is not a command; choose one of: {', '.join(COMMANDS)} (see mnist --help).", file=sys.stderr)
         return 2
     try:
+        if command == "report":  # reads run folders only: no Hydra app
+            from mnist_cli.report import report_command
+
+            return report_command(args[1:])
         return run_hydra_app(command, args[1:])
     except UserError as error:  # found before Hydra starts (e.g. resume= names no run)
         print(f"mnist {command}: {error}", file=sys.stderr)

@@ -32,7 +32,8 @@ from mnist_cli.errors import UserError, WriteFailed
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call write(file) on a temp file next to `path`, fsync it, then rename it over `path`.
+    """Call write(file) on a temp file next to `path` (.<name>.<pid>.tmp; one a kill -9 leaves is
+    removed by the next lock_run), fsync it, then rename it over `path`.
 
     An OSError (a full disk, no permission) raises WriteFailed naming the path; `path` keeps
     its previous content.
@@ -207,6 +208,9 @@ def lock_run(run_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     _held_locks[key] = fd
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):  # a writer killed mid-write left these
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def unlock_run(run_dir: Path) -> None:

@@ -466,3 +466,21 @@ def test_a_real_folder_named_latest_is_left_alone(tmp_path, cli_env):
     result = run_mnist("train", *SMALL, "epochs=1", cwd=tmp_path, env=cli_env)
     assert result.returncode == 0, result.stderr
     assert "is not a link made by mnist" in result.stdout and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_report_into_a_closed_pipe_is_quiet(finished, tmp_path, cli_env):
+    process = subprocess.Popen([MNIST_COMMAND, "report", str(finished.parent), "format=json"], cwd=tmp_path, env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    process.stdout.close()  # `mnist report ... | head -0`
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and "Traceback" not in stderr, stderr
+
+
+def test_temp_files_a_killed_writer_left_are_removed_by_the_next_one(finished, tmp_path, cli_env):
+    run_dir = copy_run(finished, tmp_path)
+    stale = [run_dir / "checkpoints" / ".last.pt.99999.tmp", run_dir / ".metrics.jsonl.99999.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    result = run_mnist("train", f"resume={run_dir}", "epochs=3", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert not any(path.exists() for path in stale)
