@@ -384,7 +384,8 @@ def test_eval_into_a_closed_pipe_is_not_a_failed_gate(finished, tmp_path, cli_en
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_ctrl_c_during_eval_or_predict_is_one_sentence_and_leaves_no_folder(command, finished, tmp_path, cli_env):
     args = [MNIST_COMMAND, command, f"run={finished}"] + (["indices=[0,1]"] if command == "predict" else [])
-    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
     time.sleep(1.5)  # inside Hydra or torch's import: the moments a Ctrl-C used to become a traceback
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
