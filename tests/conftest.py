@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from forked_mnist import ForkedCommand, run_forked, start_server
+
 IDX_NAMES = {
     ("train", "images"): "train-images-idx3-ubyte",
     ("train", "labels"): "train-labels-idx1-ubyte",
@@ -59,6 +61,11 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
         path.write_bytes(payload)
 
 
+def pytest_sessionstart(session):
+    """Start the fork server for `run_mnist` now: its imports overlap with the collection's."""
+    start_server({"OMP_NUM_THREADS": "2"})
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """A data root holding MNIST (gzipped files) and FashionMNIST (uncompressed files)."""
@@ -102,7 +109,11 @@ QUICK = ["data.val_size=100", "epochs=2", "batch_size=50", "device=cpu"]
 
 
 def run_mnist(*args: str, cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the installed `mnist` console script the way a user would."""
-    return subprocess.run(
-        [MNIST_COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    """Run `mnist *args` in its own process, forked from one that has imported torch (forked_mnist.py)."""
+    return run_forked(MNIST_COMMAND, args, cwd, env, timeout)
+
+
+def start_mnist(*args: str, cwd: Path, env: dict, stdout: Path | None = None) -> ForkedCommand:
+    """Start `mnist *args` in its own process (as run_mnist does) and return at once: for signals, kill -9, races,
+    pipes (stdout: a FIFO to write to)."""
+    return ForkedCommand(MNIST_COMMAND, args, cwd, env, stdout=stdout)

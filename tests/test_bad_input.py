@@ -1,39 +1,96 @@
-"""Bad input: one clear message on stderr, exit 2, no traceback, no run folder left behind."""
+"""Bad input: one clear message on stderr, exit 2, no traceback, nothing left behind.
+
+Two tiers. A mistake found by `config.check_config` is checked in-process (compose + check, milliseconds),
+one case per rule. The way the message reaches the user (exit 2, stderr, no traceback, no files) is checked
+by running `mnist`, once for each place in the command where a mistake is caught.
+"""
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
 
 from conftest import IDX_NAMES, run_mnist
+from mnist_cli.cli import _refuse_before_hydra
+from mnist_cli.config import check_config, compose
+from mnist_cli.errors import UserError
 
-CASES = {
-    "unknown command": (["fit"], "'fit' is not a command"),
-    "unknown group option": (["train", "model=resnet"], "Available options in 'model'"),
-    "wrong type": (["train", "epochs=abc"], "epochs"),
-    "negative lr": (["train", "optimizer.lr=-1"], "optimizer.lr must be greater than 0"),
-    "zero batch size": (["train", "batch_size=0"], "batch_size must be at least 1"),
-    "unknown key": (["train", "epochz=3"], "epochz"),
-    "dropout out of range": (["train", "model=mlp", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
-    "bad device name": (["train", "device=tpu"], "device must be one of"),
-    "unknown precision": (["train", "precision=fp16"], "precision must be one of fp32, bf16"),
+# (command, overrides, what the sentence says): config.check_config refuses these before any work
+CONFIG_MISTAKES = {
+    "negative lr": ("train", ["optimizer.lr=-1"], "optimizer.lr must be greater than 0"),
+    "zero epochs": ("train", ["epochs=0"], "epochs must be at least 1"),
+    "zero batch size": ("train", ["batch_size=0"], "batch_size must be at least 1"),
+    "negative val_size": ("train", ["data.val_size=-1"], "data.val_size must be null"),
+    "dropout out of range": ("train", ["model=mlp", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+    "rmsprop alpha 1": ("train", ["optimizer=rmsprop", "optimizer.alpha=1"], "optimizer.alpha must be in [0, 1)"),
+    "adam betas": ("train", ["optimizer=adam", "optimizer.betas=[0.9,1.2]"], "optimizer.betas must be two numbers"),
+    "nesterov without momentum": ("train", ["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"],
+                                  "optimizer.nesterov must be false when optimizer.momentum is 0"),  # fmt: skip
+    "early stopping without validation": ("train", ["data.val_size=0", "early_stopping.patience=3"],
+                                          "early_stopping.patience must be null when data.val_size=0"),  # fmt: skip
+    "bad device name": ("train", ["device=tpu"], "device must be one of"),
+    "unknown precision": ("train", ["precision=fp16"], "precision must be one of fp32, bf16"),
+    "unknown optimized metric": ("train", ["optimized_metric=best.val_acc"], "optimized_metric must be one of"),
+    "removed required key": ("train", ["~seed"], "needs seed"),
+    "unknown key added": ("train", ["+epochz=3"], "did you mean epochs?"),
+    "unknown group key added": ("train", ["+optimizer.betaz=[0.9,0.9]"], "did you mean optimizer.betas?"),
+    "eval on an unknown device": ("eval", ["run=latest", "device=tpu"], "device must be one of"),
+    "eval gate above 1": ("eval", ["run=latest", "min_accuracy=97"], "min_accuracy must be a fraction in [0, 1]"),
+    "eval without a run": ("eval", [], "eval needs run="),
+    "predict with batch size 0": ("predict", ["run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
+    "predict with nothing to predict": ("predict", ["run=latest"], "predict needs inputs="),
+    "predict top 0": ("predict", ["run=latest", "indices=[0]", "topk=0"], "topk must be at least 1"),
+    "export to an unknown format": ("export", ["run=latest", "format=tflite"], "format must be one of torchscript, onnx"),
+}
+
+
+@pytest.mark.parametrize("command,overrides,message", CONFIG_MISTAKES.values(), ids=CONFIG_MISTAKES.keys())
+def test_a_config_mistake_is_refused_in_one_sentence(command, overrides, message):
+    cfg = compose(command, overrides)
+    with pytest.raises(UserError, match=re.escape(message)) as refused:
+        check_config(cfg, command, overrides)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-m", "optimizer.lr=interval(0.001,0.01)"], "needs a search sweeper"),
+    (["--shell-completion", "install=bash"], "shell completion is not supported"),
+])  # fmt: skip
+def test_a_command_line_hydra_would_misread_is_refused_before_it_starts(args, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        _refuse_before_hydra(args)
+
+
+# One case for each place a mistake is caught, in the order `mnist` meets them.
+PROCESS_MISTAKES = {
+    "unknown command": (["fit"], "'fit' is not a command"),  # cli.main, before any import
+    "interval without a search sweeper": (["train", "-m", "optimizer.lr=interval(0.001,0.01)"], "needs a search sweeper"),
+    "unknown group option": (["train", "model=resnet"], "Available options in 'model'"),  # Hydra's composition
+    "wrong type": (["train", "epochs=abc"], "epochs"),  # OmegaConf's type check
+    "unknown key": (["train", "epochz=3"], "epochz"),  # Hydra's override check
+    "value out of range": (["train", "optimizer.lr=-1"], "optimizer.lr must be greater than 0"),  # check_config
+    "eval value out of range": (["eval", "run=latest", "device=tpu"], "device must be one of"),
+    "predict value out of range": (["predict", "run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
     "val_size too large": (["train", "data.limit=100", "data.val_size=100"], "data.val_size=100 leaves no training images"),
     "batch larger than data": (["train", "data.limit=100", "data.val_size=10", "batch_size=500"], "batch_size=500 is larger"),
-    "eval on an unknown device": (["eval", "run=latest", "device=tpu"], "device must be one of"),
-    "predict with batch size 0": (["predict", "run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
 }
-if not torch.cuda.is_available():
-    CASES["cuda without a GPU"] = (["train", "device=cuda"], "no CUDA GPU is available")
+if not torch.cuda.is_available():  # found when the device is resolved, after the config
+    PROCESS_MISTAKES["cuda without a GPU"] = (["train", "device=cuda"], "no CUDA GPU is available")
+HYDRA_MESSAGES = ("unknown group option", "wrong type", "unknown key")  # Hydra's own words, over several lines
 
 
-@pytest.mark.parametrize("args,message", CASES.values(), ids=CASES.keys())
-def test_bad_input_exits_2_with_a_clear_message(args, message, tmp_path, cli_env):
+@pytest.mark.parametrize("name", PROCESS_MISTAKES)
+def test_bad_input_exits_2_with_a_clear_message_and_leaves_nothing(name, tmp_path, cli_env):
+    args, message = PROCESS_MISTAKES[name]
     result = run_mnist(*args, cwd=tmp_path, env=cli_env)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert not list((tmp_path / "outputs").glob("*/*/*")), "a failed start left a run folder"
+    if name not in HYDRA_MESSAGES:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a refused command left files behind"
 
 
 @pytest.mark.parametrize("download", ["false", "true"])

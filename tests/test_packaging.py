@@ -1,12 +1,16 @@
-"""The configs ship inside the wheel: a non-editable install composes `mnist train --cfg job`."""
+"""What is installed works on its own: the wheel carries its configs, and the `mnist` script trains as the tests' forked runs do."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import MNIST_COMMAND, QUICK, run_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +43,26 @@ def test_wheel_install_finds_its_configs(tmp_path, cli_env):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
     assert "name: mlp" in result.stdout and "name: adam" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_console_script_trains_as_the_forked_runs_do(tmp_path, cli_env):
+    """The other tests fork `mnist` from a process that has imported torch (forked_mnist.py): the installed
+    command, started from nothing, must give the same output and the same numbers."""
+    args = ["train", "model=mlp", "model.hidden=[32]", *QUICK]
+    results = {}
+    for how in ("script", "forked"):
+        (tmp_path / how).mkdir()
+        if how == "script":
+            results[how] = subprocess.run([MNIST_COMMAND, *args], cwd=tmp_path / how, env=cli_env, capture_output=True,
+                                          text=True, timeout=300)  # fmt: skip
+        else:
+            results[how] = run_mnist(*args, cwd=tmp_path / how, env=cli_env)
+        assert results[how].returncode == 0, results[how].stderr
+    metrics = {how: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                     for line in (tmp_path / how / "outputs" / "train" / "latest" / "metrics.jsonl").read_text().splitlines()]
+               for how in results}  # fmt: skip
+    assert metrics["script"] == metrics["forked"] and len(metrics["script"]) == 2
+    shown = {how: re.sub(r"[\d.]+s\b|\d{4}-\d\d-\d\d/[\w-]+", "", r.stdout.replace(str(tmp_path / how), ""))
+             for how, r in results.items()}  # fmt: skip  (times, run names and folders differ)
+    assert shown["script"] == shown["forked"]

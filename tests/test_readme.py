@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -25,6 +24,7 @@ import pytest
 from PIL import Image
 
 from conftest import MNIST_COMMAND, run_mnist, synthetic_glyphs
+from forked_mnist import MNIST_ENTRY, TORCHRUN_ENTRY, run_forked
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -137,7 +137,7 @@ def trained_run(workdir, cli_env) -> Path:
 @pytest.fixture(scope="module")
 def sweep_folder(workdir, cli_env) -> Path:
     """The sweep the README's sweep folder names: the newest one a README line made, else two tiny jobs."""
-    finished = sorted(p.parent for p in (workdir / "outputs" / "multirun").glob("*/*/leaderboard.json"))
+    finished = sorted((p.parent for p in (workdir / "outputs" / "multirun").glob("*/*/leaderboard.json")), key=lambda p: p.stat().st_mtime)
     if finished:
         return finished[-1]
     result = run_mnist("train", "-m", "optimizer=sgd,adam", *TRAINED, cwd=workdir, env=cli_env)
@@ -264,7 +264,9 @@ def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env)
     if SWEEP_PLACEHOLDER in line:
         places["sweep"] = request.getfixturevalue("sweep_folder")
     argv, env = prepare(line, places, workdir, cli_env)
-    result = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    entry = TORCHRUN_ENTRY if argv[0] == TORCHRUN else MNIST_ENTRY  # torchrun's workers are new processes
+    before = folders(workdir)
+    result = run_forked(argv[0], argv[1:], workdir, env, timeout=300, entry=entry)
     shown = f"ran: {shlex.join([Path(argv[0]).name, *argv[1:]])}\nexit {result.returncode}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr + result.stdout, shown
     below_the_bar = "eval" in argv and value(argv, "min_accuracy") is not None  # exit 1, documented
@@ -276,3 +278,49 @@ def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env)
     if line in COMPOSE_ONLY:  # each hydra.launcher.KEY=VALUE of the line is in the composed config
         for key, given in (a.split("=", 1) for a in argv if a.startswith("hydra.launcher.")):
             assert f"{key.rsplit('.', 1)[1]}: {given}" in result.stdout, shown
+    if "train" in argv and "--help" not in argv and "--cfg" not in argv:
+        keeps_its_promises(argv, result.stdout, workdir, before)
+
+
+# --- what the README says a training line does ------------------------------------------------------------
+
+
+def folders(workdir: Path) -> Dict[str, set]:
+    """The run folders and sweep folders under workdir/outputs."""
+    return {kind: {p for p in (workdir / "outputs" / kind).glob("*/*") if p.is_dir()} for kind in ("train", "multirun")}
+
+
+def jobs_of(argv: List[str]) -> int:
+    """How many jobs a sweep line starts: its trial count, or the product of its swept values."""
+    if value(argv, "hparams_search") is not None:
+        return int(value(argv, "hydra.sweeper.n_trials"))
+    counts = [len(a.split("=", 1)[1].split(",")) for a in argv[argv.index("train"):] if "=" in a and "[" not in a and "(" not in a]
+    return int(np.prod(counts))
+
+
+def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict[str, set]) -> None:
+    """What the README promises of a training line, checked on what it wrote."""
+    resumed = value(argv, "resume")
+    new = {kind: found - before[kind] for kind, found in folders(workdir).items()}
+    if resumed is not None:  # the run continues in its own folder and trains up to the epochs asked, each once
+        assert new == {"train": set(), "multirun": set()}, new
+        asked = int(value(argv, "epochs"))
+        assert epochs_done(resumed, workdir) == asked
+        folder = (workdir / "outputs" / "train" / "latest").resolve() if resumed == "latest" else workdir / resumed
+        rows = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines() if r]
+        assert [r["epoch"] for r in rows] == list(range(1, asked + 1))
+    elif {"-m", "--multirun"} & set(argv[argv.index("train"):]) or value(argv, "hparams_search") is not None:
+        # one sweep folder, every job in its leaderboard
+        (sweep,) = new["multirun"]
+        rows = json.loads((sweep / "leaderboard.json").read_text())["rows"]
+        assert len(rows) == jobs_of(argv) and all(r["status"] == "completed" for r in rows), rows
+        n_jobs = value(argv, "hydra.launcher.n_jobs")
+        if n_jobs is not None:  # "each job gets cores / n_jobs torch threads"
+            threads = {json.loads(p.read_text())["threads"] for p in sweep.glob("*/summary.json")}
+            assert threads == {max(1, (os.cpu_count() or 1) // int(n_jobs))}
+    else:  # one new run folder; under torchrun only rank 0 writes it and speaks
+        (run,) = new["train"]
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+        if argv[0] == TORCHRUN:
+            assert stdout.count("run folder:") == 1, stdout
+

@@ -6,14 +6,14 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import MNIST_COMMAND, Payload, run_mnist
+from conftest import Payload, run_mnist, start_mnist
+from forked_mnist import ForkedCommand
 
 # 500 training images in batches of 20: 25 steps an epoch, 4 epochs; last.pt every 5 steps too
 RUN = ["model=lenet", "epochs=4", "batch_size=20", "data.val_size=100", "device=cpu", "threads=1"]
@@ -42,12 +42,11 @@ def reference(tmp_path_factory, cli_env) -> Path:
     return workdir / result.stdout.strip().splitlines()[-1]
 
 
-def start(workdir: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([MNIST_COMMAND, "train", *args], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+def start(workdir: Path, env: dict, *args: str) -> ForkedCommand:
+    return start_mnist("train", *args, cwd=workdir, env=env)
 
 
-def wait_for_checkpoints(run_root: Path, process: subprocess.Popen, count: int) -> bool:
+def wait_for_checkpoints(run_root: Path, process: ForkedCommand, count: int) -> bool:
     """Wait until last.pt has been written `count` times (or the process ended); True if it was."""
     seen, last_mtime = 0, None
     while process.poll() is None:
@@ -107,6 +106,7 @@ def test_a_signal_saves_last_pt_says_how_to_resume_and_exits(signum, code, refer
     assert metrics(run_dir) == reference_metrics  # every_n_steps does not change the numbers
 
 
+@pytest.mark.slow
 def test_resume_refuses_changes_and_trains_longer_when_asked(reference, tmp_path, cli_env):
     copy = tmp_path / "run"
     import shutil

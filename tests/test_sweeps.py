@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import MNIST_COMMAND, run_mnist
+from conftest import run_mnist, start_mnist
 
 TINY = ["epochs=1", "data.limit=300", "data.val_size=60", "batch_size=60", "model.augment=false", "device=cpu"]
 
@@ -33,6 +32,7 @@ def sweep(workdir, cli_env) -> tuple:
     return result, folder
 
 
+@pytest.mark.slow
 def test_sweep_puts_every_job_in_one_folder_and_ends_with_a_sorted_leaderboard(sweep):
     result, folder = sweep
     jobs = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -51,6 +51,7 @@ def test_sweep_puts_every_job_in_one_folder_and_ends_with_a_sorted_leaderboard(s
     assert "best val acc" in result.stdout  # printed when the sweep ended
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path, cli_env):
     result = run_mnist("train", "-m", "model=mlp", "optimizer.lr=0.002,-1,0.003", *TINY, cwd=tmp_path, env=cli_env)
     assert result.returncode == 0, result.stderr
@@ -62,16 +63,17 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path, cli_env):
 
 @pytest.mark.slow
 def test_concurrent_sweeps_get_their_own_folders(tmp_path, cli_env):
-    args = [MNIST_COMMAND, "train", "-m", "model=mlp", "model.hidden=[16],[32]", *TINY]
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [start_mnist("train", "-m", "model=mlp", "model.hidden=[16],[32]", *TINY, cwd=tmp_path, env=cli_env) for _ in range(2)]
     for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
     folders = sweep_dirs(tmp_path)
     assert len(folders) == 2
     for folder in folders:
         assert len(json.loads((folder / "leaderboard.json").read_text())["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_report_shows_finished_failed_and_unfinished_runs_and_writes_nothing(sweep, tmp_path, cli_env):
     _, folder = sweep
     copy = tmp_path / "runs"
@@ -112,20 +114,6 @@ def test_report_bad_input(args, message, tmp_path, cli_env):
     result = run_mnist("report", *args, cwd=tmp_path, env=cli_env)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
-                    reason="hydra-joblib-launcher is not installed: pip install -e '.[parallel]'")  # fmt: skip
-def test_joblib_sweep_runs_jobs_in_two_processes_with_one_thread_each(tmp_path, cli_env):
-    result = run_mnist("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp,lenet", *TINY,
-                       cwd=tmp_path, env=cli_env)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    (folder,) = sweep_dirs(tmp_path)
-    summaries = [json.loads(p.read_text()) for p in folder.glob("*/summary.json")]
-    assert sorted(s["model"] for s in summaries) == ["lenet", "mlp"]
-    assert all(s["threads"] == max(1, (__import__("os").cpu_count() or 1) // 2) for s in summaries)
-    assert len(json.loads((folder / "leaderboard.json").read_text())["rows"]) == 2
 
 
 @pytest.mark.slow

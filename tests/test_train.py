@@ -90,6 +90,7 @@ def test_same_seed_gives_identical_metrics(mlp_run, workdir, cli_env):
     assert without_time(read_jsonl(first / "metrics.jsonl")) == without_time(read_jsonl(second / "metrics.jsonl"))
 
 
+@pytest.mark.slow
 def test_bf16_precision_trains_as_well_and_is_really_applied(mlp_run, workdir, cli_env):
     _, fp32_run = mlp_run
     result = run_mnist("train", "model=mlp", "model.hidden=[64]", "precision=bf16", *QUICK, cwd=workdir, env=cli_env)
@@ -126,6 +127,7 @@ def test_cfg_job_prints_the_composed_config_without_training(workdir, cli_env):
     assert set((workdir / "outputs").glob("train/*/*")) == before  # --cfg job creates no run folder
 
 
+@pytest.mark.slow
 def test_multirun_runs_every_combination(workdir, cli_env):
     result = run_mnist("train", "-m", "model=mlp,lenet", "epochs=1", "data.limit=200", "data.val_size=50",
                        "model.augment=false", cwd=workdir, env=cli_env)  # fmt: skip
