@@ -7,6 +7,7 @@ torch: `mnist --help` and `mnist train --help` stay fast.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -301,7 +302,7 @@ def run_hydra_app(command: str, args: List[str]) -> int:
 
     from mnist_cli.config import check_config, register_configs
     from mnist_cli.errors import RunFailed
-    from mnist_cli.interrupt import Interrupted
+    from mnist_cli.interrupt import Interrupted, ctrl_c_held
 
     register_configs()
     if "--help" in args or "-h" in args:
@@ -317,6 +318,8 @@ def run_hydra_app(command: str, args: List[str]) -> int:
             if runtime.job.chdir:
                 _absolute_paths(cfg, runtime.runtime.cwd)
             check_config(cfg, command, list(runtime.overrides.task))  # before any work, and before torch is imported
+            with ctrl_c_held():
+                importlib.import_module("torch")
             result, exit_code = RUNNERS[command](cfg, runtime)
             return result
         except Interrupted as stopped:

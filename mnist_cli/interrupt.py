@@ -1,13 +1,32 @@
-"""Ctrl-C and SIGTERM during training: finish the current step, save, exit 130 / 143.
-
-A second signal exits at once.
+"""Ctrl-C and SIGTERM: during training, finish the current step, save, exit 130 / 143 (a second signal
+exits at once); while torch imports, held until the import is whole.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then act on it as before the block. For importing torch: its C++
+    start-up imports numpy and clears any error there, a KeyboardInterrupt included, which leaves a
+    half-imported numpy behind (a traceback minutes later instead of exit 130)."""
+    held = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
 
 
 class StopRequest:

@@ -62,7 +62,10 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
 
 
 def pytest_sessionstart(session):
-    """Start the fork server for `run_mnist` now: its imports overlap with the collection's."""
+    """Start the fork server for `run_mnist` now: its imports overlap with the collection's. Under
+    pytest-xdist each worker has its own; the controlling process runs no test and needs none."""
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return
     start_server({"OMP_NUM_THREADS": "2"})
 
 
