@@ -324,3 +324,12 @@ def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict
         if argv[0] == TORCHRUN:
             assert stdout.count("run folder:") == 1, stdout
 
+
+
+def test_every_test_the_readme_names_exists():
+    """The Bad input and Faults survived tables name the test behind each row."""
+    named = set(re.findall(r"\b(test_\w+?)(?:\[|`)", README.read_text()))
+    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py")), re.M))
+    assert len(named) >= 10 and named - defined == set()
+    ellipsed = set(re.findall(r"`…(\w+)\[", README.read_text()))  # `…leaves_nothing[case]`: the end of a named test
+    assert all(any(d.endswith(e) for d in defined) for e in ellipsed), ellipsed
