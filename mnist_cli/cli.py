@@ -8,6 +8,7 @@ torch: `mnist --help` and `mnist train --help` stay fast.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -277,7 +278,7 @@ def _print_help(command: str, overrides: List[str]) -> int:
     try:
         cfg = compose(command, overrides, with_hydra=True)
     except Exception as error:  # a bad override: the same one-line answer as without --help
-        print(f"mnist {command}: {error}", file=sys.stderr)
+        print(f"mnist {command}: {_refused(command, overrides) or str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     template = cfg.hydra.help.template
     with open_dict(cfg):
@@ -309,10 +310,10 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         return _print_help(command, [a for a in args if a not in ("--help", "-h", "-m", "--multirun")])
     task_started = False
     exit_code = 0
-
     def task(cfg):
         nonlocal task_started, exit_code
         task_started = True
+        _release_stderr()
         runtime = HydraConfig.get()
         try:
             if runtime.job.chdir:
@@ -357,17 +358,58 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     app = hydra.main(config_path="pkg://mnist_cli.conf", config_name=command, version_base="1.3")(task)
     saved_argv = sys.argv
     sys.argv = [f"mnist {command}", *args]
+    _hold_stderr()
     try:
         app()
     except Exception as error:  # Hydra's own usage errors, raised before our task runs
         if task_started:
             raise
-        print(f"mnist {command}: {error}", file=sys.stderr)
+        _release_stderr(keep=False)
+        print(f"mnist {command}: {_refused(command, args) or str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     except SystemExit as exit:
         code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-        # Hydra exits 1 when it rejects the command line or the config, before our task starts.
-        return 2 if code == 1 and not task_started else code
+        if code == 1 and not task_started:  # Hydra rejected the command line or the config
+            sentence = _refused(command, args)
+            if sentence is not None:
+                _release_stderr(keep=False)
+                print(f"mnist {command}: {sentence}", file=sys.stderr)
+            return 2
+        return code
     finally:
         sys.argv = saved_argv
+        _release_stderr()
     return exit_code
+
+
+# Hydra prints its refusal of a command line over several lines: what it writes to stderr is held
+# until our task starts, and a refusal is answered with one sentence instead (_refused).
+_held_stderr: list = []  # [the real stderr, what was written meanwhile] while held
+
+
+def _hold_stderr() -> None:
+    _held_stderr[:] = [sys.stderr, io.StringIO()]
+    sys.stderr = _held_stderr[1]
+
+
+def _release_stderr(keep: bool = True) -> None:
+    """Give stderr back, writing what was held to it unless keep=False (a no-op when nothing is held:
+    in a launcher's worker process, or once released)."""
+    if _held_stderr:
+        real, held = _held_stderr
+        _held_stderr.clear()
+        sys.stderr = real
+        if keep:
+            real.write(held.getvalue())
+
+
+def _refused(command: str, args: List[str]) -> Optional[str]:
+    """Why Hydra refuses the KEY=VALUE arguments, in one sentence; None if they compose (Hydra's
+    own words are shown then)."""
+    from mnist_cli.config import composition_problem
+
+    overrides = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    try:
+        return composition_problem(command, [o for o in overrides if "," not in o.split("=", 1)[-1]])  # not sweeps
+    except Exception:
+        return None

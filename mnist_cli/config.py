@@ -377,17 +377,57 @@ def known_keys(cfg: DictConfig) -> List[str]:
 def refuse_unknown_keys(cfg: DictConfig, added: List[str]) -> None:
     """Raise UserError for a key added with +key=... that the schema does not know (a typo would
     otherwise be ignored), suggesting the closest known key."""
-    import difflib
-
     if not added:  # the common case: nothing to look up
         return
     known = set(known_keys(cfg))
     for key in added:
         if key in known or key in ("experiment", "hparams_search", *GROUP_SCHEMAS) or key.startswith("hydra"):
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f"; did you mean {close[0]}?" if close else "; `mnist train --help` lists every key."
-        raise UserError(f"{key} is not a key of mnist train{hint}")
+        raise UserError(_not_a_key("train", key, known))
+
+
+def _not_a_key(command: str, key: str, known) -> str:
+    """`key is not a key of mnist <command>`, with the closest known key when there is one."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; `mnist {command} --help` lists every key."
+    return f"{key} is not a key of mnist {command}{hint}"
+
+
+def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]:
+    """One sentence saying why conf/<command>.yaml does not compose with `overrides` (Hydra's own
+    message runs over several lines), or None when it composes."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    def first_line(error: BaseException) -> str:
+        return str(error).strip().splitlines()[0].rstrip(".") + "."
+
+    try:
+        compose(command, overrides, with_hydra=True)
+        return None
+    except MissingConfigException as error:  # model=resnet
+        if not error.options:
+            return first_line(error)
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"{group}={option} is not an option of {group}; choose one of {', '.join(error.options)}."
+    except OverrideParseException as error:  # model.hidden=[64
+        return f"{error.override} cannot be read as KEY=VALUE: {first_line(error)}"
+    except Exception as error:  # Hydra's ConfigCompositionException, caused by OmegaConf's error on one key
+        cause, key = error.__cause__, getattr(error.__cause__, "full_key", None)
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:  # epochz=3
+            choices = [o for o in overrides if o.split("=", 1)[0] in (*GROUP_SCHEMAS, "experiment")]  # model=mlp, ...
+            try:
+                composed = compose(command, choices)
+                known = known_keys(composed) if command == "train" else _schema_keys(COMMAND_SCHEMAS[command])
+            except Exception:
+                known = []
+            return _not_a_key(command, key, known)
+        if isinstance(cause, OmegaConfBaseException) and key:  # epochs=abc
+            given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
+            return f"{given}: {first_line(cause)}"
+        return first_line(error)
 
 
 def _validate_train(cfg: DictConfig, need) -> None:
