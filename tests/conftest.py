@@ -120,3 +120,13 @@ def start_mnist(*args: str, cwd: Path, env: dict, stdout: Path | None = None) ->
     """Start `mnist *args` in its own process (as run_mnist does) and return at once: for signals, kill -9, races,
     pipes (stdout: a FIFO to write to)."""
     return ForkedCommand(MNIST_COMMAND, args, cwd, env, stdout=stdout)
+
+
+# The files that take longest, longest first: pytest-xdist hands whole files to its two workers in
+# collection order, and starting with the long ones keeps one worker from finishing a minute early.
+LONGEST_FILES = ("test_readme.py", "test_run_folders.py", "test_reliability.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
