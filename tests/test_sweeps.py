@@ -128,3 +128,17 @@ def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path, cli_env)
     assert "best_params" in best and "optimizer.lr" in best
     rows = json.loads((folder / "leaderboard.json").read_text())["rows"]
     assert f"best_value: {rows[0]['best_val_accuracy']}" in best
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="hydra-optuna-sweeper is not installed: pip install -e '.[optuna]'")  # fmt: skip
+def test_optuna_minimises_a_loss(tmp_path, cli_env):
+    result = run_mnist("train", "hparams_search=optuna", "optimized_metric=best.val_loss", "hydra.sweeper.n_trials=3", *TINY,
+                       cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (folder,) = sweep_dirs(tmp_path)
+    losses = [r["best_val_loss"] for r in json.loads((folder / "leaderboard.json").read_text())["rows"]]
+    assert len(losses) == 3 and losses == sorted(losses)  # the lowest loss ranks first
+    assert f"best_value: {losses[0]}" in (folder / "optimization_results.yaml").read_text()  # not the highest
+
