@@ -149,6 +149,31 @@ def _overrides(args: List[str]) -> list:
         return []
 
 
+# Hydra's options that take the next word as their value (--info's is optional: one of its topics)
+_OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _override_words(args: List[str]) -> List[str]:
+    """The words of a command line that are overrides: Hydra's options and their values left out."""
+    after = ["", *args]
+    return [word for before, word in zip(after, args) if not word.startswith("-") and before not in _OPTIONS_WITH_VALUE
+            and not (before in ("--info", "-i") and word in _INFO_TOPICS)]  # fmt: skip
+
+
+def _composable(args: List[str]) -> List[str]:
+    """The overrides one composition takes: a sweep's (-m a,b) left out. As written when Hydra cannot
+    parse them (`model` with no =value), so that composing them says why."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = _override_words(args)
+    try:
+        parsed = OverridesParser.create().parse_overrides(words)
+    except Exception:
+        return words
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 def _given(args: List[str]) -> dict:
     """The plain KEY=VALUE arguments as {key: value}, before Hydra has run."""
     return {o.key_or_group: o.value() for o in _overrides(args) if not o.is_sweep_override() and not o.is_delete()}
@@ -201,16 +226,14 @@ def _claim_named_folder(args: List[str]) -> List[str]:
     before Hydra writes .hydra/ into it. Returns the arguments with the resolved folder."""
     multirun = _multirun(args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    overrides = _overrides(args)
-    if key not in {o.key_or_group for o in overrides} or _given(args).get("resume") not in (None, "null"):
+    if key not in {o.key_or_group for o in _overrides(args)} or _given(args).get("resume") not in (None, "null"):
         return args
     from omegaconf import OmegaConf
 
     from mnist_cli.config import compose
 
     try:
-        folder = Path(str(OmegaConf.select(compose("train", [o.input_line for o in overrides if not o.is_sweep_override()],
-                                                   with_hydra=True), key)))  # fmt: skip
+        folder = Path(str(OmegaConf.select(compose("train", _composable(args), with_hydra=True), key)))
     except Exception:  # Hydra will say what is wrong with the command line
         return args
     try:
@@ -310,6 +333,7 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         return _print_help(command, [a for a in args if a not in ("--help", "-h", "-m", "--multirun")])
     task_started = False
     exit_code = 0
+
     def task(cfg):
         nonlocal task_started, exit_code
         task_started = True
@@ -408,8 +432,7 @@ def _refused(command: str, args: List[str]) -> Optional[str]:
     own words are shown then)."""
     from mnist_cli.config import composition_problem
 
-    overrides = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     try:
-        return composition_problem(command, [o for o in overrides if "," not in o.split("=", 1)[-1]])  # not sweeps
+        return composition_problem(command, _composable(args))
     except Exception:
         return None

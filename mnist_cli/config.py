@@ -7,6 +7,7 @@ Imports only hydra/omegaconf, never torch: `mnist train --help` and `--cfg job` 
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -449,6 +450,7 @@ def _validate_train(cfg: DictConfig, need) -> None:
 
     opt = cfg.optimizer
     need(opt.lr > 0, "optimizer.lr", "greater than 0")
+    need(math.isfinite(opt.lr), "optimizer.lr", "a finite number")
     need(opt.weight_decay >= 0, "optimizer.weight_decay", "0 or more")
     for key in ("momentum", "alpha", "rho"):
         if key in opt:

@@ -264,6 +264,8 @@ def resolve_checkpoint(value: str, outputs_dir: str, key: str, prefer=("best.pt"
 
     `key` names the option in messages (run=, resume=).
     """
+    if not str(value).strip():
+        raise UserError(f"{key}= is empty; give a run folder, a .pt checkpoint or latest.")
     if value == "latest":
         link = Path(outputs_dir) / "train" / "latest"
         if not link.exists():

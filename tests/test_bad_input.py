@@ -20,6 +20,7 @@ from mnist_cli.errors import UserError
 # (command, overrides, what the sentence says): config.check_config refuses these before any work
 CONFIG_MISTAKES = {
     "negative lr": ("train", ["optimizer.lr=-1"], "optimizer.lr must be greater than 0"),
+    "infinite lr": ("train", ["optimizer.lr=inf"], "optimizer.lr must be a finite number"),
     "zero epochs": ("train", ["epochs=0"], "epochs must be at least 1"),
     "zero batch size": ("train", ["batch_size=0"], "batch_size must be at least 1"),
     "negative val_size": ("train", ["data.val_size=-1"], "data.val_size must be null"),
@@ -73,6 +74,7 @@ COMPOSITION_MISTAKES = {
     "unknown key of a group option": ("train", ["optimizer=sgd", "optimizer.lrr=3"], "did you mean optimizer.lr?"),
     "unknown eval key": ("eval", ["run=latest", "splt=val"], "splt is not a key of mnist eval; did you mean split?"),
     "unreadable value": ("train", ["model.hidden=[64"], "model.hidden=[64 cannot be read as KEY=VALUE"),
+    "a key without a value": ("train", ["model"], "model cannot be read as KEY=VALUE"),
 }
 
 
@@ -93,6 +95,7 @@ PROCESS_MISTAKES = {
     "unknown group option": (["train", "model=resnet"], "model=resnet is not an option of model; choose one of cnn, lenet, mlp"),
     "wrong type": (["train", "epochs=abc"], "epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     "unknown key": (["train", "epochz=3"], "epochz is not a key of mnist train; did you mean epochs?"),  # Hydra refuses these
+    "a key without a value": (["train", "--cfg", "job", "model"], "model cannot be read as KEY=VALUE"),
     "value out of range": (["train", "optimizer.lr=-1"], "optimizer.lr must be greater than 0"),  # check_config
     "eval value out of range": (["eval", "run=latest", "device=tpu"], "device must be one of"),
     "predict value out of range": (["predict", "run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
