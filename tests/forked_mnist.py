@@ -51,7 +51,8 @@ def _child(entry: str, program: str, args: Sequence[str], cwd: str, env: dict, o
     os.environ.update(env)
     os.chdir(cwd)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python started from a terminal has it
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out, os.O_WRONLY), (2, err, os.O_WRONLY)):
+    written = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # a FIFO given as stdout is opened as it is
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out, written), (2, err, written)):
         opened = os.open(path, flags)
         os.dup2(opened, fd)
         os.close(opened)
@@ -83,11 +84,8 @@ class ForkedCommand:
         """stdout: a path to write stdout to instead (a FIFO, to give it a reader that goes away)."""
         self.args = [program, *args]
         self._scratch = tempfile.TemporaryDirectory(prefix="forked-mnist-")
-        self._out, self._err = Path(self._scratch.name, "stdout"), Path(self._scratch.name, "stderr")
-        self._out.touch()
-        self._err.touch()
-        if stdout is not None:
-            self._out = stdout
+        self._out = stdout or Path(self._scratch.name, "stdout")
+        self._err = Path(self._scratch.name, "stderr")
         self._process = _context.Process(target=_child, args=(entry, program, list(args), str(cwd), dict(env), str(self._out), str(self._err)))
         self._process.start()
         self.pid = self._process.pid
@@ -98,7 +96,7 @@ class ForkedCommand:
         return self._process.exitcode
 
     def poll(self) -> int | None:
-        return self._process.exitcode
+        return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         self._process.join(timeout)
@@ -122,7 +120,7 @@ class ForkedCommand:
             self.wait()
             raise
         try:
-            return (self._out.read_text() if self._out.is_file() else ""), self._err.read_text()
+            return (self._out.read_text() if self._out.is_file() else ""), (self._err.read_text() if self._err.exists() else "")
         finally:
             self._scratch.cleanup()
 

@@ -182,11 +182,11 @@ def with_value(args: List[str], key: str, new: str) -> List[str]:
     return [f"{key}={new}" if a.split("=", 1)[0] == key else a for a in args]
 
 
-def epochs_done(run: str, workdir: Path) -> int:
-    """How many epochs the run resume=<run> names has finished (from its metrics.jsonl)."""
+def epochs_of(run: str, workdir: Path) -> List[int]:
+    """The epochs in the metrics.jsonl of the run resume=<run> names, in file order."""
     path = workdir / "outputs" / "train" / "latest" if run == "latest" else workdir / run
     folder = path.resolve().parent.parent if path.suffix == ".pt" else path.resolve()
-    return max(json.loads(row)["epoch"] for row in (folder / "metrics.jsonl").read_text().splitlines() if row)
+    return [json.loads(row)["epoch"] for row in (folder / "metrics.jsonl").read_text().splitlines() if row]
 
 
 def tiny_train(line: str, args: List[str], workdir: Path) -> List[str]:
@@ -198,7 +198,7 @@ def tiny_train(line: str, args: List[str], workdir: Path) -> List[str]:
     if value(args, "resume") is not None:
         # A finished run continues only with more epochs: one more than it has (epochs=20 too, to save
         # 19 epochs); resume= refuses data.* keys, so the run's own tiny data is used.
-        return with_value(args, "epochs", str(epochs_done(value(args, "resume"), workdir) + 1))
+        return with_value(args, "epochs", str(max(epochs_of(value(args, "resume"), workdir)) + 1))
     if "-m" in args:  # a sweep keeps the first two values of each swept key: 12 jobs -> 4, the same machinery
         args = [",".join(a.split(",")[:2]) if "=" in a and "[" not in a and "(" not in a else a for a in args]
     if value(args, "hparams_search") == "optuna":
@@ -304,11 +304,7 @@ def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict
     new = {kind: found - before[kind] for kind, found in folders(workdir).items()}
     if resumed is not None:  # the run continues in its own folder and trains up to the epochs asked, each once
         assert new == {"train": set(), "multirun": set()}, new
-        asked = int(value(argv, "epochs"))
-        assert epochs_done(resumed, workdir) == asked
-        folder = (workdir / "outputs" / "train" / "latest").resolve() if resumed == "latest" else workdir / resumed
-        rows = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines() if r]
-        assert [r["epoch"] for r in rows] == list(range(1, asked + 1))
+        assert epochs_of(resumed, workdir) == list(range(1, int(value(argv, "epochs")) + 1))
     elif {"-m", "--multirun"} & set(argv[argv.index("train"):]) or value(argv, "hparams_search") is not None:
         # one sweep folder, every job in its leaderboard
         (sweep,) = new["multirun"]
