@@ -108,7 +108,9 @@ def _train(cfg, runtime):
 
     overrides = list(runtime.overrides.task)
     if cfg.resume is None:
-        value = train.train(cfg, run_dir=run_dir, overrides=overrides)
+        from mnist_cli.study_trial import study_trial
+
+        value = train.train(cfg, run_dir=run_dir, overrides=overrides, trial=study_trial(runtime.sweeper, run_dir))
     else:
         from mnist_cli.resume import continue_run
 

@@ -28,6 +28,7 @@ from mnist_cli.errors import RunFailed
 from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.models import build_model, count_parameters, layer_summary
 from mnist_cli.optim import build_optimizer, scheduler_at
+from mnist_cli.study_trial import StudyTrial
 from mnist_cli.runs import RunState
 
 AUGMENT_PAD = 2  # random shifts of up to 2 pixels when model.augment is true
@@ -164,6 +165,17 @@ def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
             f"({chance:.2%}, always guessing the most frequent class); try another optimizer.lr.")  # fmt: skip
 
 
+def pruned(run: Run, state: RunState, trial: StudyTrial) -> bool:
+    """Report the value the run would end with now to its study; whether the study stops it here
+    (never after the last epoch). Under torchrun rank 0 asks and every process follows."""
+    stop = False
+    if run.world.is_main:
+        now = {"best": state.best, "final": state.history[-1], "wall_seconds": run.wall(state)}
+        trial.report(state.epoch, metrics.summary_value(now, run.cfg.optimized_metric))
+        stop = state.epoch < run.cfg.epochs and trial.should_stop()
+    return any_true(stop, run.world, run.data.train.images.device)
+
+
 def interrupted(run: Run, state: RunState, stop: StopRequest, where: str, resumed_with: List[str]) -> Interrupted:
     """Record the interruption in summary.json; the exception tells the user how to go on."""
     run.finish(state, "interrupted", resumed_with)
@@ -179,22 +191,25 @@ def diverged(run: Run, state: RunState, loss: float, resumed_with: List[str]) ->
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, resume_state: Optional[Dict] = None,
-          original_overrides: Optional[List[str]] = None) -> Optional[float]:
+          original_overrides: Optional[List[str]] = None, trial: Optional[StudyTrial] = None) -> Optional[float]:
     """Train as `cfg` says, writing the run folder `run_dir` (continuing from `resume_state`, a
     checkpoint of that run, when given; from step 0 when `original_overrides` is given without
-    one); returns cfg.optimized_metric from summary.json (None if the run has no such number)."""
+    one); returns cfg.optimized_metric from summary.json (None if the run has no such number).
+    An Optuna `trial` reports that value after every epoch to its study, and stops (status `pruned`)
+    when the study says so."""
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(cfg.device)
     world = distributed.join(device)
     try:
-        return _train(cfg, Path(run_dir), list(overrides or []), resume_state, original_overrides, device, world, started, started_at)
+        return _train(cfg, Path(run_dir), list(overrides or []), resume_state, original_overrides, device, world, started,
+                      started_at, trial)  # fmt: skip
     finally:
         distributed.leave(world)
 
 
 def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_overrides, device, world: World,
-           started: float, started_at: str) -> Optional[float]:
+           started: float, started_at: str, trial: Optional[StudyTrial]) -> Optional[float]:
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -278,6 +293,10 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
             if patience and state.epoch - state.last_improvement >= patience and state.epoch < cfg.epochs:
                 console.say(f"early stopping: no val_acc gain above {cfg.early_stopping.min_delta} in {patience} epochs")
                 status = "early_stopped"
+                break
+            if trial is not None and pruned(run, state, trial):
+                console.say(f"pruned after epoch {state.epoch}: the study's {trial.pruner} pruner stopped this trial")
+                status = "pruned"
                 break
 
     summary = run.finish(state, status, resumed_with)

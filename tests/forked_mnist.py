@@ -26,7 +26,7 @@ from typing import Sequence
 
 # Third-party only: mnist_cli creates its rich console at import, from the child's own stdout. pytest: the
 # child re-imports the parent's __main__ (pytest), as multiprocessing does.
-PRELOADED = ["torch", "torchvision", "hydra", "omegaconf", "rich", "numpy", "PIL.Image", "matplotlib.pyplot", "pytest"]
+PRELOADED = ["torch", "torchvision", "hydra", "omegaconf", "rich", "numpy", "PIL.Image", "matplotlib.pyplot", "optuna", "pytest"]
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOADED)
 

@@ -1,8 +1,7 @@
-"""Sweeps: multirun folders, the leaderboard at the end, `mnist report`, joblib and Optuna."""
+"""Sweeps: multirun folders, the leaderboard at the end, `mnist report` (Optuna searches: test_optuna.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -114,31 +113,3 @@ def test_report_bad_input(args, message, tmp_path, cli_env):
     result = run_mnist("report", *args, cwd=tmp_path, env=cli_env)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                    reason="hydra-optuna-sweeper is not installed: pip install -e '.[optuna]'")  # fmt: skip
-def test_optuna_search_runs_three_trials_and_records_the_best(tmp_path, cli_env):
-    result = run_mnist("train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, cwd=tmp_path, env=cli_env)
-    assert result.returncode == 0, result.stderr
-    (folder,) = sweep_dirs(tmp_path)
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2"]
-    best = (folder / "optimization_results.yaml").read_text()
-    assert "best_params" in best and "optimizer.lr" in best
-    rows = json.loads((folder / "leaderboard.json").read_text())["rows"]
-    assert f"best_value: {rows[0]['best_val_accuracy']}" in best
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                    reason="hydra-optuna-sweeper is not installed: pip install -e '.[optuna]'")  # fmt: skip
-def test_optuna_minimises_a_loss(tmp_path, cli_env):
-    result = run_mnist("train", "hparams_search=optuna", "optimized_metric=best.val_loss", "hydra.sweeper.n_trials=3", *TINY,
-                       cwd=tmp_path, env=cli_env)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    (folder,) = sweep_dirs(tmp_path)
-    losses = [r["best_val_loss"] for r in json.loads((folder / "leaderboard.json").read_text())["rows"]]
-    assert len(losses) == 3 and losses == sorted(losses)  # the lowest loss ranks first
-    assert f"best_value: {losses[0]}" in (folder / "optimization_results.yaml").read_text()  # not the highest
-

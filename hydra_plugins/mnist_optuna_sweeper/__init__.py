@@ -1,0 +1,1 @@
+"""mnist-cli's Optuna sweeper for Hydra: `hydra/sweeper=mnist_optuna` (what hparams_search=optuna selects)."""

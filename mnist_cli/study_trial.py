@@ -1,0 +1,45 @@
+"""A training job's side of an Optuna trial: the job records its run folder in the trial, reports
+after every epoch the value the run would end with, and stops when the study's pruner says so.
+All of it goes through the study's storage, so it works from any launcher's process or machine.
+The sweep (search.py) tells the job where its trial is through three environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+# set for each trial's job by the sweep (search.job_overrides, through hydra.job.env_set)
+ENV_STORAGE, ENV_STUDY, ENV_TRIAL = "MNIST_OPTUNA_STORAGE", "MNIST_OPTUNA_STUDY", "MNIST_OPTUNA_TRIAL_ID"
+
+
+@dataclass
+class StudyTrial:
+    trial: object  # optuna.Trial, of the study loaded with the sweep's pruner
+    pruner: str  # its name, for the message
+
+    def report(self, epoch: int, value: Optional[float]) -> None:
+        """The value the run would have if it ended after `epoch` (nothing without a value)."""
+        if value is not None:
+            self.trial.report(value, epoch)
+
+    def should_stop(self) -> bool:
+        return self.trial.should_prune()
+
+
+def study_trial(sweeper_settings, run_dir: Path) -> Optional[StudyTrial]:
+    """This job's trial when the job is one (its run folder recorded in it), else None."""
+    if ENV_TRIAL not in os.environ:
+        return None
+    import optuna
+
+    from mnist_cli import study as studies
+
+    pruner = studies.make_pruner(sweeper_settings.pruner, sweeper_settings.warmup_epochs, sweeper_settings.startup_trials)
+    storage = studies.open_storage(os.environ[ENV_STORAGE])
+    study = optuna.load_study(study_name=os.environ[ENV_STUDY], storage=storage, pruner=pruner)
+    trial = optuna.trial.Trial(study, int(os.environ[ENV_TRIAL]))
+    trial.set_user_attr(studies.RUN, str(run_dir))
+    return StudyTrial(trial, sweeper_settings.pruner)
