@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cli import leaderboard, runs
+from mnist_cli.errors import WriteFailed
 from mnist_cli.study_trial import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
 
 say = logging.getLogger(__name__).info  # the sweep's own lines, as Hydra's launchers write theirs
@@ -201,6 +202,7 @@ def write_results(sweep_dir: Path, study, location: str, settings, metric: str) 
     if best is not None:
         results.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_run=best.user_attrs[RUN])
     text = OmegaConf.to_yaml(OmegaConf.create(results))
+    sweep_dir.mkdir(parents=True, exist_ok=True)  # no trial ran here when the study was already complete
     runs.atomic_write(sweep_dir / "optimization_results.yaml", lambda f: f.write(text.encode()))
     if best is None:
         say(f"optuna study {study.study_name}: no trial completed yet")
@@ -264,6 +266,8 @@ def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
                 trials = study.get_trials(deepcopy=False)
                 todo = settings.n_trials - studies.counted(trials)
                 if todo <= 0:
+                    if job_idx == 0:
+                        say(f"study {name} already has its {settings.n_trials} trials; raise hydra.sweeper.n_trials to run more")
                     break
                 batch = []
                 for _ in range(min(width, todo)):
@@ -289,4 +293,7 @@ def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
     running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
         say(f"{running} trials of study {name} are still running in other workers")
-    write_results(Path(config.hydra.sweep.dir), study, location, settings, metric)
+    try:
+        write_results(Path(config.hydra.sweep.dir), study, location, settings, metric)
+    except WriteFailed as error:  # the study itself is saved; only the summary file is missing
+        print(f"mnist train: {error}", file=sys.stderr)

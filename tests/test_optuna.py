@@ -4,7 +4,11 @@ two processes, pruning a hopeless trial, minimising a loss, under the joblib lau
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -180,13 +184,13 @@ def test_a_named_study_refuses_a_command_with_other_settings(tmp_path, cli_env):
     assert len(optuna.load_study(study_name="mine", storage=storage).trials) == 0
 
 
-def test_trials_whose_worker_is_gone_are_found_and_rerun_once(monkeypatch):
+def test_trials_whose_worker_is_gone_are_found_and_rerun_once():
     study = optuna.create_study()
     dead_here, silent_elsewhere, alive = study.ask(), study.ask(), study.ask()
     for trial in (dead_here, silent_elsewhere, alive):
         trial.suggest_float("x", 0, 1)
     studies.claim(study, alive)
-    dead_here.set_user_attr(studies.WORKER, f"{__import__('socket').gethostname()} 999999999")  # no such PID
+    dead_here.set_user_attr(studies.WORKER, f"{socket.gethostname()} 999999999")  # no such PID
     dead_here.set_user_attr(studies.ALIVE, time.time())
     silent_elsewhere.set_user_attr(studies.WORKER, "another-host 1")
     silent_elsewhere.set_user_attr(studies.ALIVE, time.time() - studies.STALE_SECONDS - 1)
@@ -200,3 +204,41 @@ def test_trials_whose_worker_is_gone_are_found_and_rerun_once(monkeypatch):
     assert studies.counted(study.trials) == 2
     studies.stop_trial(study, rerun.number, "test")  # stopped again: not queued a third time
     assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
+
+
+@pytest.mark.slow
+def test_the_submitit_local_launcher_runs_trials_that_report_to_the_study(tmp_path, cli_env):
+    result = run_mnist("train", *SEARCH, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=2", "epochs=2",
+                       cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    study = the_study(tmp_path)
+    assert states(study) == {"COMPLETE": 2}
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # from submitit's own processes
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_serves_a_saved_study_offline(tmp_path, cli_env):
+    pytest.importorskip("optuna_dashboard", reason="the dashboard extra is not installed: pip install -e '.[dashboard]'")
+    result = run_mnist("train", *SEARCH, "hydra.sweeper.n_trials=1", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    (database,) = (tmp_path / "outputs" / "optuna").glob("*.db")
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), f"sqlite:///outputs/optuna/{database.name}",
+                                  "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=cli_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline, listed = time.time() + 60, None
+        while listed is None and time.time() < deadline and dashboard.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    listed = json.loads(response.read())
+            except OSError:
+                time.sleep(0.2)
+        assert listed is not None, dashboard.stderr.read().decode() if dashboard.poll() is not None else "no answer in 60 s"
+        (shown,) = listed["study_summaries"]
+        assert shown["study_name"] == database.stem
+    finally:
+        dashboard.kill()
+        dashboard.wait()

@@ -43,6 +43,11 @@ def test_wheel_install_finds_its_configs(tmp_path, cli_env):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
     assert "name: mlp" in result.stdout and "name: adam" in result.stdout
+    # Hydra's plugin scan finds the installed copy of our sweeper
+    scan = ("import sys; from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
+            "print(*[sys.modules[c.__module__].__file__ for c in Plugins.instance().discover(Sweeper) if 'mnist' in c.__module__])")  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", scan], cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)
+    assert found.stdout.strip().startswith(str(target / "hydra_plugins" / "mnist_optuna_sweeper")), found.stdout + found.stderr
 
 
 @pytest.mark.slow
