@@ -124,7 +124,7 @@ def start_mnist(*args: str, cwd: Path, env: dict, stdout: Path | None = None) ->
 
 # The files that take longest, longest first: pytest-xdist hands whole files to its two workers in
 # collection order, and starting with the long ones keeps one worker from finishing a minute early.
-LONGEST_FILES = ("test_readme.py", "test_run_folders.py", "test_reliability.py")
+LONGEST_FILES = ("test_readme.py", "test_optuna.py", "test_run_folders.py", "test_reliability.py")
 
 
 def pytest_collection_modifyitems(items):
