@@ -231,6 +231,10 @@ def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
         check_config(task, "train", list(arguments))
     except UserError as error:
         refuse(str(error))
+    try:
+        instantiate(settings.sampler)
+    except Exception as error:
+        refuse(f"hydra.sweeper.sampler cannot be made ({str(error).strip().splitlines()[0]}).")
     space = search_space(settings.params, arguments)
     name = study_name(settings.study_name, space)
     location = settings.storage or studies.default_location(config.outputs_dir, name)

@@ -167,6 +167,7 @@ def test_the_joblib_launcher_runs_two_trials_at_once_and_prunes_from_its_workers
     (["optimizer.lr=interval(0.1,0.01)"], "optimizer.lr: optimizer.lr=interval(0.1,0.01) is not a search range"),
     (["hydra.sweeper.storage=nosuchdb://x"], "the Optuna storage nosuchdb://x cannot be opened"),
     (["optimizer.lr=-1"], "optimizer.lr must be greater than 0"),
+    (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"], "hydra.sweeper.sampler cannot be made"),
 ])  # fmt: skip
 def test_a_mistake_in_the_search_is_one_sentence_before_any_trial(args, message, tmp_path, cli_env):
     result = run_mnist("train", *SEARCH, *args, cwd=tmp_path, env=cli_env)
