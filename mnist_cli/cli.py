@@ -20,7 +20,7 @@ COMMANDS = {
     "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
     "eval": "metrics of a trained run on a split; exit 1 below min_accuracy (CI gate)",
     "predict": "classify image files or dataset samples with a trained run",
-    "export": "a trained run as one TorchScript or ONNX file: mnist export run=latest format=onnx",
+    "export": "a trained run as one file (torch.export .pt2, ONNX or TorchScript): mnist export run=latest",
     "report": "leaderboard of the runs below a folder: mnist report outputs/ sort=best_val_loss top=10",
 }
 

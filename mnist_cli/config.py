@@ -210,7 +210,7 @@ class PredictConfig(UseRunConfig):
 @dataclass
 class ExportConfig:
     run: str = MISSING
-    format: str = MISSING  # torchscript | onnx
+    format: str = MISSING  # pt2 | torchscript | onnx
     output: Optional[str] = MISSING
     outputs_dir: str = MISSING
 
@@ -306,7 +306,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 SPLITS = ("test", "val", "train")
 PRECISIONS = ("fp32", "bf16")
-OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("torchscript", "onnx")}
+OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("pt2", "torchscript", "onnx")}
 
 
 def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:

@@ -1,13 +1,16 @@
-"""`mnist export`: a trained run as one self-contained model file (TorchScript or ONNX).
+"""`mnist export`: a trained run as one self-contained model file: a torch.export program (.pt2, the
+default), ONNX, or TorchScript (for older consumers; torch deprecates it).
 
-The file takes float images in 0..1, shape (N, 1, 28, 28), and returns logits: the dataset's
-normalisation is inside it, and the classes and constants are recorded in its metadata.
+The file takes float images in 0..1, shape (N, 1, 28, 28) with any N, and returns logits: the
+dataset's normalisation is inside it, and the classes and constants are recorded in its metadata.
+Before it is written, the file is loaded back in its own runtime and compared with the model.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Dict
 
@@ -16,9 +19,11 @@ from omegaconf import DictConfig
 
 from mnist_cli import console, runs
 from mnist_cli.checkpoints import Trained, load_trained
-from mnist_cli.errors import UserError, WriteFailed
+from mnist_cli.errors import RunFailed, UserError, WriteFailed
 
-FILENAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}  # formats: config.OUTPUT_FORMATS
+FILENAMES = {"pt2": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}  # formats: config.OUTPUT_FORMATS
+METADATA_FILE = "mnist_cli.json"  # the metadata inside a .pt2 or TorchScript file
+CHECK_BATCHES = (1, 8)  # the round trip is checked on random batches of these sizes (the batch size is free)
 
 
 class WithPreprocessing(torch.nn.Module):
@@ -46,25 +51,69 @@ def metadata(trained: Trained) -> Dict[str, str]:
     }
 
 
+def _batch_dimension():
+    return {"images": {0: torch.export.Dim("batch", min=1, max=1 << 20)}}
+
+
+def to_pt2(wrapped: torch.nn.Module, example: torch.Tensor, meta: Dict[str, str]) -> bytes:
+    program = torch.export.export(wrapped, (example,), dynamic_shapes=_batch_dimension())
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(meta)})
+    return buffer.getvalue()
+
+
 def to_torchscript(wrapped: torch.nn.Module, example: torch.Tensor, meta: Dict[str, str]) -> bytes:
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.trace(wrapped, example), buffer, _extra_files={"mnist_cli.json": json.dumps(meta)})
+    with warnings.catch_warnings():  # torch's deprecation notices: the user asked for this format
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(wrapped, example), buffer, _extra_files={METADATA_FILE: json.dumps(meta)})
     return buffer.getvalue()
 
 
 def to_onnx(wrapped: torch.nn.Module, example: torch.Tensor, meta: Dict[str, str]) -> bytes:
-    try:
-        import onnx
-    except ImportError:
-        raise UserError("format=onnx needs the onnx package: pip install 'mnist-cli[onnx]'.") from None
-    buffer = io.BytesIO()
-    torch.onnx.export(wrapped, example, buffer, dynamo=False, input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
-    proto = onnx.load_from_string(buffer.getvalue())
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:  # torch's exporter needs both
+        raise UserError("format=onnx needs the onnx and onnxscript packages: pip install 'mnist-cli[onnx]'.")
+    program = torch.onnx.export(wrapped, (example,), dynamo=True, verbose=False, input_names=["images"],
+                                output_names=["logits"], dynamic_shapes=_batch_dimension())  # fmt: skip
+    proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
+
+
+EXPORTERS = {"pt2": to_pt2, "torchscript": to_torchscript, "onnx": to_onnx}
+
+
+def runner(fmt: str, data: bytes):
+    """The exported file loaded in its own runtime, as a function of a float tensor -> logits (numpy)."""
+    if fmt == "pt2":
+        module = torch.export.load(io.BytesIO(data)).module()
+        return lambda images: module(images).detach().numpy()
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(io.BytesIO(data))
+        return lambda images: module(images).detach().numpy()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"images": images.numpy()})[0]
+
+
+def round_trip_difference(fmt: str, data: bytes, wrapped: torch.nn.Module) -> float:
+    """The largest absolute difference between the exported file's logits and the model's, on random
+    images in batches of CHECK_BATCHES."""
+    run = runner(fmt, data)
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    with torch.no_grad():
+        for n in CHECK_BATCHES:
+            images = torch.rand(n, 1, 28, 28, generator=generator)
+            worst = max(worst, float(abs(run(images) - wrapped(images).numpy()).max()))
+    return worst
 
 
 def export_command(cfg: DictConfig) -> int:
@@ -72,11 +121,15 @@ def export_command(cfg: DictConfig) -> int:
     trained = load_trained(cfg.run, cfg.outputs_dir, torch.device("cpu"))
     wrapped = WithPreprocessing(trained.model, trained.mean, trained.std).eval()
     example = torch.rand(2, 1, 28, 28)
-    data = (to_onnx if cfg.format == "onnx" else to_torchscript)(wrapped, example, metadata(trained))
+    data = EXPORTERS[cfg.format](wrapped, example, metadata(trained))
+    difference = round_trip_difference(cfg.format, data, wrapped)
+    if not difference <= 1e-3:  # nothing is written: a file that disagrees with the model is no export
+        raise RunFailed(f"the {cfg.format} file gives logits up to {difference:.3g} away from the model's; it was not written.")
     target = Path(cfg.output) if cfg.output else trained.checkpoint_path.parent / FILENAMES[cfg.format]
     try:
         runs.atomic_write(target, lambda f: f.write(data))
     except WriteFailed as error:  # output= names a folder that cannot be written: the user's to fix
         raise UserError(str(error)) from None
     console.say(f"exported {trained.config.model.name} ({trained.config.dataset.name}) as {cfg.format}: {target}")
+    console.say(f"checked in its runtime: max abs difference from the model's logits {difference:.2g} on {sum(CHECK_BATCHES)} random images")
     return 0

@@ -43,7 +43,7 @@ CONFIG_MISTAKES = {
     "predict with batch size 0": ("predict", ["run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
     "predict with nothing to predict": ("predict", ["run=latest"], "predict needs inputs="),
     "predict top 0": ("predict", ["run=latest", "indices=[0]", "topk=0"], "topk must be at least 1"),
-    "export to an unknown format": ("export", ["run=latest", "format=tflite"], "format must be one of torchscript, onnx"),
+    "export to an unknown format": ("export", ["run=latest", "format=tflite"], "format must be one of pt2, torchscript, onnx"),
 }
 
 
