@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": "classify image files or dataset samples with a trained run",
     "export": "a trained run as one file (torch.export .pt2, ONNX or TorchScript): mnist export run=latest",
     "report": "leaderboard of the runs below a folder: mnist report outputs/ sort=best_val_loss top=10",
+    "serve": "a trained run behind HTTP: a page to draw digits on, POST /predict: mnist serve run=latest",
 }
 
 USAGE = f"""usage: mnist <command> [KEY=VALUE ...] [-m] [--cfg job] [--help]
@@ -39,6 +40,7 @@ examples:
   mnist eval run=latest min_accuracy=0.99
   mnist predict run=latest inputs=[digit.png,photos/]
   mnist report outputs/multirun/2026-11-23/10-20-11-x9f2
+  mnist serve run=latest                        # http://127.0.0.1:8000/: draw a digit
 
 data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, FashionMNIST/raw/)
 """
@@ -86,24 +88,20 @@ def _multirun(args: List[str]) -> bool:
     return "-m" in args or "--multirun" in args
 
 
-def _parallel_jobs(runtime) -> int:
-    """How many jobs run at once on this machine (joblib launcher), else 1."""
-    launcher = runtime.launcher
-    if "joblib" not in str(launcher.get("_target_", "")):
-        return 1
-    n_jobs = launcher.get("n_jobs", -1) or 1
-    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
-
-
 def _train(cfg, runtime):
     """Returns (the metric a sweeper optimises, exit code)."""
-    from mnist_cli import runs
+    from mnist_cli import launchers, runs
 
     run_dir = Path(runtime.runtime.output_dir)
     runs.lock_run(run_dir)  # held until the process ends; a resumed run's was taken before Hydra started
-    jobs = _parallel_jobs(runtime)
+    jobs = launchers.jobs_at_once(runtime.launcher) if launchers.on_this_machine(runtime.launcher) else 1
     if cfg.threads is None and jobs > 1:  # N jobs on N cores: no oversubscription
         cfg.threads = max(1, (os.cpu_count() or 1) // jobs)
+    if cfg.logger.mlflow is not None and cfg.logger.mlflow.experiment is None and runtime.mode.name == "MULTIRUN":
+        from mnist_cli.loggers import default_experiment  # a sweep's jobs share one MLflow experiment
+
+        sweep, usual = Path(runtime.sweep.dir), Path(cfg.outputs_dir) / "multirun"
+        cfg.logger.mlflow.experiment = default_experiment(cfg.dataset.name, str(sweep.relative_to(usual) if sweep.is_relative_to(usual) else sweep))
     from mnist_cli import train  # torch is imported here, after the config is known good
 
     overrides = list(runtime.overrides.task)
@@ -137,7 +135,15 @@ def _export(cfg, runtime):
     return None, export_command(cfg)
 
 
-RUNNERS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export}
+def _serve(cfg, runtime):
+    try:
+        from mnist_cli.serve import serve_command
+    except ModuleNotFoundError as error:  # starlette, uvicorn, python-multipart: the extra mnist-cli[serve]
+        raise UserError(f"mnist serve needs {error.name}, which is not installed: pip install -e '.[serve]'.") from None
+    return None, serve_command(cfg)
+
+
+RUNNERS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export, "serve": _serve}
 
 
 def _overrides(args: List[str]) -> list:
@@ -217,11 +223,6 @@ def _refuse_before_hydra(args: List[str]) -> None:
                                 "or list the values to try (-m key=a,b,c).")  # fmt: skip
 
 
-def _quoted(path: Path) -> str:
-    """`path` as a quoted Hydra override value (a quote inside it escaped)."""
-    return "'" + str(path).replace("'", "\\'") + "'"
-
-
 def _claim_named_folder(args: List[str]) -> List[str]:
     """With hydra.run.dir= (hydra.sweep.dir= for -m) the user names the folder: resolve it as Hydra
     will (${outputs_dir}, ${now:...}), create and lock it, and refuse it unless it is empty, all
@@ -232,7 +233,7 @@ def _claim_named_folder(args: List[str]) -> List[str]:
         return args
     from omegaconf import OmegaConf
 
-    from mnist_cli.config import compose
+    from mnist_cli.config import compose, quoted_value
 
     try:
         folder = Path(str(OmegaConf.select(compose("train", _composable(args), with_hydra=True), key)))
@@ -249,7 +250,7 @@ def _claim_named_folder(args: List[str]) -> List[str]:
         if any(p.name != runs.LOCK_FILE for p in folder.iterdir()):
             hint = "" if multirun else f", or continue it with resume={folder}"
             raise UserError(f"{key}={folder} is not empty; choose a new folder{hint}.")
-    return [*args, f"{key}={_quoted(folder.resolve())}"]
+    return [*args, f"{key}={quoted_value(folder.resolve())}"]
 
 
 def _resume_in_place(args: List[str]) -> List[str]:
@@ -259,6 +260,7 @@ def _resume_in_place(args: List[str]) -> List[str]:
     if resume in (None, "null"):
         return args
     from mnist_cli import runs
+    from mnist_cli.config import quoted_value
     from mnist_cli.resume import run_folder
 
     if _multirun(args):
@@ -266,7 +268,7 @@ def _resume_in_place(args: List[str]) -> List[str]:
     folder = run_folder(str(resume), str(values.get("outputs_dir", "outputs")))
     if int(os.environ.get("RANK", "0")) == 0:
         runs.lock_run(folder)  # before Hydra opens anything in it: a second process writes nothing
-    return [*args, f"hydra.run.dir={_quoted(folder)}", "hydra.output_subdir=null"]
+    return [*args, f"hydra.run.dir={quoted_value(folder)}", "hydra.output_subdir=null"]
 
 
 PATH_KEYS = ("outputs_dir", "data.root", "resume", "run", "output")

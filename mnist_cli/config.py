@@ -151,6 +151,26 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    log_every_n_steps: int = MISSING  # the training loss as a scalar every N steps (0: per epoch only)
+
+
+@dataclass
+class MLflowLoggerConfig:
+    tracking_uri: Optional[str] = MISSING  # null: sqlite:///<outputs_dir>/mlflow.db
+    experiment: Optional[str] = MISSING  # null: the dataset's name; a sweep's jobs: "<dataset> sweep <folder>"
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` group: each option fills its own key (logger=[tensorboard,mlflow] fills both);
+    a logger not chosen is null. csv (metrics.jsonl/csv) is always written and has no key."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = MISSING
+    mlflow: Optional[MLflowLoggerConfig] = MISSING
+
+
+@dataclass
 class TrainConfig:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -170,6 +190,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     resume: Optional[str] = MISSING  # a run folder, a checkpoint or latest: continue that run
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 @dataclass
@@ -215,7 +236,21 @@ class ExportConfig:
     outputs_dir: str = MISSING
 
 
-COMMAND_SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig}
+@dataclass
+class ServeConfig:
+    run: str = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    topk: int = MISSING
+    device: str = MISSING
+    threads: Optional[int] = MISSING
+    max_body_mb: float = MISSING
+    max_batch: int = MISSING
+    batch_window_ms: float = MISSING
+    outputs_dir: str = MISSING
+
+
+COMMAND_SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig, "serve": ServeConfig}
 
 GROUP_SCHEMAS = {
     "model": {"mlp": MLPConfig, "cnn": CNNConfig, "lenet": LeNetConfig},
@@ -340,6 +375,9 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
         return
     if OmegaConf.is_missing(cfg, "run"):
         raise UserError(f"{command} needs run=<run folder | checkpoint.pt | latest>.")
+    if command == "serve":
+        _validate_serve(cfg, need)
+        return
     need(cfg.format in OUTPUT_FORMATS[command], "format", f"one of {', '.join(OUTPUT_FORMATS[command])}")
     if command == "export":
         return
@@ -396,6 +434,11 @@ def _not_a_key(command: str, key: str, known) -> str:
     return f"{key} is not a key of mnist {command}{hint}"
 
 
+def quoted_value(value) -> str:
+    """`value` as a quoted Hydra override value (a quote inside it escaped): key='a path with spaces'."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
 def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]:
     """One sentence saying why conf/<command>.yaml does not compose with `overrides` (Hydra's own
     message runs over several lines), or None when it composes."""
@@ -416,6 +459,9 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
     except OverrideParseException as error:  # model.hidden=[64
         return f"{error.override} cannot be read as KEY=VALUE: {first_line(error)}"
     except Exception as error:  # Hydra's ConfigCompositionException, caused by OmegaConf's error on one key
+        unchosen = _unchosen_logger_key(overrides)
+        if unchosen:
+            return unchosen
         cause, key = error.__cause__, getattr(error.__cause__, "full_key", None)
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:  # epochz=3
             choices = [o for o in overrides if o.split("=", 1)[0] in (*GROUP_SCHEMAS, "experiment")]  # model=mlp, ...
@@ -431,6 +477,27 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
         return first_line(error)
 
 
+def _unchosen_logger_key(overrides: Sequence[str]) -> Optional[str]:
+    """`logger.mlflow.tracking_uri=...` without logger=mlflow: the sentence saying so, else None."""
+    given = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+    chosen = given.get("logger", "csv").strip("[]").replace(" ", "").split(",")
+    for key in given:
+        parts = key.split(".")
+        if parts[0] == "logger" and len(parts) > 2 and parts[1] not in chosen:
+            return f"{key} sets the {parts[1]} logger, which is not chosen; add logger={parts[1]} (several: 'logger=[tensorboard,mlflow]')."
+    return None
+
+
+def _validate_serve(cfg: DictConfig, need) -> None:
+    need(0 <= cfg.port <= 65535, "port", "in 0..65535 (0: a free port)")
+    need(cfg.topk >= 1, "topk", "at least 1")
+    need(bool(_DEVICE.match(cfg.device)), "device", "one of auto, cpu, cuda, cuda:N, mps")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
+    need(cfg.max_body_mb > 0, "max_body_mb", "greater than 0")
+    need(cfg.max_batch >= 1, "max_batch", "at least 1")
+    need(0 <= cfg.batch_window_ms <= 1000, "batch_window_ms", "in 0..1000")
+
+
 def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.epochs >= 1, "epochs", "at least 1")
     need(cfg.batch_size >= 1, "batch_size", "at least 1")
@@ -440,6 +507,8 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.data.limit is None or cfg.data.limit >= 2, "data.limit", "null or at least 2")
     every = cfg.checkpoint.every_n_steps
     need(every is None or every >= 1, "checkpoint.every_n_steps", "null or at least 1")
+    if cfg.logger.tensorboard is not None:
+        need(cfg.logger.tensorboard.log_every_n_steps >= 0, "logger.tensorboard.log_every_n_steps", "0 (per epoch only) or more")
     need(cfg.early_stopping.patience is None or cfg.early_stopping.patience >= 1, "early_stopping.patience", "null or at least 1")
     need(cfg.early_stopping.patience is None or cfg.data.val_size != 0, "early_stopping.patience",
          "null when data.val_size=0 (early stopping watches the validation accuracy)")

@@ -19,6 +19,7 @@ from mnist_cli.checkpoints import load_trained
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import UserError
 from mnist_cli.inference import load_split, predict_logits
+from mnist_cli.loggers import log_evaluation
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list) -> Dict:
@@ -92,13 +93,15 @@ def evaluate_command(cfg: DictConfig) -> int:
     out = trained.run_dir / "eval"
     try:
         out.mkdir(exist_ok=True)
-        report["files"] = {
-            "confusion": str(figures.confusion_png(out / f"{cfg.split}_confusion.png", report)),
-            "errors": str(figures.errors_png(out / f"{cfg.split}_errors.png", split, logits, trained.classes)),
+        pictures = {
+            "confusion": figures.confusion_png(out / f"{cfg.split}_confusion.png", report),
+            "errors": figures.errors_png(out / f"{cfg.split}_errors.png", split, logits, trained.classes),
         }
+        report["files"] = {name: str(path) for name, path in pictures.items()}
         runs.write_json(out / f"{cfg.split}.json", report)
     except OSError as error:
         raise UserError(f"Could not write the evaluation into {out} ({error.strerror}).") from None
+    log_evaluation(trained.run_dir, trained.config.get("logger"), report, pictures)  # the run's TensorBoard / MLflow
 
     if cfg.format == "json":
         print(json.dumps(report, indent=2))

@@ -4,14 +4,16 @@ MNIST: grey, light background inverted so ink is bright, cropped to the ink, lon
 to 20 px, pasted into 28x28 with the centre of mass at the centre (LeCun et al.'s recipe).
 FashionMNIST: grey, light background inverted, trimmed to the object, longer side scaled to 28 px,
 centred (the recipe FashionMNIST itself was made with).
+Files on disk (`mnist predict`) and bytes in memory (`mnist serve`) take the same path, prepare_file.
 Every file either becomes an input or raises ImageError with one sentence: too many pixels are refused
 from the header, and big images are reduced while still 8-bit grey, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import List
+from typing import BinaryIO, List
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,14 +44,14 @@ def find_images(inputs: List[str], recursive: bool) -> List[Path]:
     return found
 
 
-def _decode_grey(path: Path) -> Image.Image:
-    """The file's first frame as a Pillow "L" image at most WORK_SIDE px on its longer side,
+def _decode_grey(file: BinaryIO, reader: str) -> Image.Image:
+    """The image in `file` (its first frame) as a Pillow "L" image at most WORK_SIDE px on its longer side,
     transparency composited onto white; a bigger image is reduced while it is still 8-bit."""
-    with Image.open(path) as image:
+    with Image.open(file) as image:
         image.seek(0)
         width, height = image.size  # read from the header: nothing is decoded yet
         if width * height > MAX_PIXELS:
-            raise ImageError(f"image is {width}×{height} pixels; mnist predict reads at most {MAX_PIXELS // 10**6} megapixels")
+            raise ImageError(f"image is {width}×{height} pixels; {reader} reads at most {MAX_PIXELS // 10**6} megapixels")
         if width == 0 or height == 0:
             raise ImageError("empty image")
         factor = -(-max(width, height) // WORK_SIDE)
@@ -69,18 +71,14 @@ def _decode_grey(path: Path) -> Image.Image:
     return grey
 
 
-def read_grey(path: Path) -> np.ndarray:
-    """The file as float32 grey 0..255 (see _decode_grey); raises ImageError saying why it cannot be read."""
+def read_grey(file: BinaryIO, reader: str = "mnist predict") -> np.ndarray:
+    """The image in the open binary `file` as float32 grey 0..255 (see _decode_grey); raises ImageError saying
+    why it cannot be read (`reader` names the command in the pixel-limit sentence)."""
     try:
-        grey = _decode_grey(path)
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
+        grey = _decode_grey(file, reader)
     except UnidentifiedImageError:
-        raise ImageError("empty file" if path.stat().st_size == 0 else "not an image file") from None
+        file.seek(0, io.SEEK_END)
+        raise ImageError("empty file" if file.tell() == 0 else "not an image file") from None
     except MemoryError:
         raise ImageError("not enough memory to decode this image") from None
     except ImageError:
@@ -151,7 +149,23 @@ def fashion_style(grey: np.ndarray) -> np.ndarray:
     return _paste(crop, (28 - crop.shape[0]) // 2, (28 - crop.shape[1]) // 2)
 
 
-def prepare(path: Path, dataset: str) -> np.ndarray:
-    """The file as a 28x28 uint8 model input for a run trained on `dataset`; raises ImageError."""
-    grey = read_grey(path)
+def prepare_file(file: BinaryIO, dataset: str, reader: str = "mnist predict") -> np.ndarray:
+    """The image in the open binary `file` (a file on disk, or bytes in memory: io.BytesIO) as a 28x28 uint8
+    model input for a run trained on `dataset`; raises ImageError. The one path from bytes to model input."""
+    grey = read_grey(file, reader)
     return mnist_style(grey) if dataset == "mnist" else fashion_style(grey)
+
+
+def prepare(path: Path, dataset: str) -> np.ndarray:
+    """The image file at `path` as a 28x28 uint8 model input (prepare_file); raises ImageError."""
+    try:
+        with open(path, "rb") as file:
+            return prepare_file(file, dataset)
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as error:  # any other reason the file cannot be opened is that file's row too
+        raise ImageError(f"unreadable image ({error})") from None

@@ -1,11 +1,15 @@
-"""Running a trained model on images: what `mnist eval` and `mnist predict` share.
+"""Running a trained model on images: what `mnist eval`, `mnist predict` and `mnist serve` share.
 
 A trained run (checkpoints.load_trained) gives the model, its classes and its normalisation;
-this module finds the images of one of its data splits and turns uint8 images into logits.
+this module finds the images of one of its data splits, turns uint8 images into logits and
+probabilities, and probabilities into the rows predict writes and serve returns.
 """
 
 from __future__ import annotations
 
+from typing import Dict, List, Sequence
+
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,3 +40,26 @@ def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int) -> t
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(chunks).float()
+
+
+def probabilities(trained: Trained, images: Sequence[np.ndarray], device: torch.device, batch_size: int) -> torch.Tensor:
+    """Class probabilities (N, classes) on the CPU for N uint8 28x28 arrays (N may be 0)."""
+    if len(images) == 0:
+        return torch.zeros(0, len(trained.classes))
+    batch = torch.from_numpy(np.stack(images)).to(device)
+    return predict_logits(trained, batch, batch_size).softmax(1).cpu()
+
+
+def to_rows(entries: List[Dict], probs: torch.Tensor, classes: List[str], topk: int) -> List[Dict]:
+    """One row per entry ({"input", "image" | "error", "label"?}), in order: input, label, predicted,
+    confidence, topk [{class, probability}], error; `probs` holds one row per entry with an image."""
+    rows, k = [], min(topk, len(classes))
+    predicted = iter(zip(*probs.topk(k, dim=1)))
+    for entry in entries:
+        row = {"input": entry["input"], "label": entry.get("label"), "predicted": None, "confidence": None, "topk": [], "error": entry.get("error")}
+        if "image" in entry:
+            values, indices = next(predicted)
+            row["topk"] = [{"class": classes[i], "probability": round(p, 6)} for p, i in zip(values.tolist(), indices.tolist())]
+            row["predicted"], row["confidence"] = row["topk"][0]["class"], row["topk"][0]["probability"]
+        rows.append(row)
+    return rows

@@ -1,6 +1,7 @@
 """Leaderboards: every run folder below a path, one row each, sorted by a summary metric.
 
-Used when a sweep ends (a Hydra callback) and by `mnist report`. Reads summary.json,
+Used when a sweep ends (a Hydra callback) and by `mnist report`, which also puts runs that differ
+only in `seed` in one row: each metric's mean ± standard deviation over the seeds, and n. Reads summary.json,
 metrics.jsonl and .hydra/overrides.yaml; never imports torch. Reading is tolerant: a damaged
 file makes its run a `damaged` row that says why, and the other runs are shown as usual.
 Writing (leaderboard.csv/json) is atomic and raises WriteFailed.
@@ -147,6 +148,53 @@ def rank(records: List[Dict], sort: str) -> List[Dict]:
     return sorted(records, key=key)
 
 
+def seed_groups(records: List[Dict]) -> List[List[Dict]]:
+    """`records` in groups: the runs whose overrides are the same but for `seed`, each seed once,
+    make a group; every other run is a group of its own (two runs with the same seed are repeats,
+    not a spread)."""
+    by_setup: Dict[tuple, List[Dict]] = {}
+    for record in records:
+        setup = tuple(sorted((k, v) for k, v in record["overrides"].items() if k != "seed"))
+        by_setup.setdefault(setup, []).append(record)
+    groups = []
+    for members in by_setup.values():
+        seeds = [m["overrides"].get("seed") for m in members]
+        if len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):
+            groups.append(sorted(members, key=lambda m: m["run"]))
+        else:
+            groups.extend([m] for m in members)
+    return groups
+
+
+def mean_and_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
+    """(mean, sample standard deviation) of `values`; (None, None) for none, std 0.0 for one."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    spread = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, spread**0.5
+
+
+def group_record(members: List[Dict]) -> Dict:
+    """One row for runs that differ only in seed: each metric's mean over the runs that have it,
+    `<column>_std` beside it, n (runs), the seeds as the seed override, and the runs themselves."""
+    statuses = {m["status"] for m in members}
+    record = {
+        "run": members[0]["run"],
+        "overrides": {**{k: v for k, v in members[0]["overrides"].items() if k != "seed"},
+                      "seed": ",".join(m["overrides"]["seed"] for m in members)},
+        "n": len(members),
+        "status": statuses.pop() if len(statuses) == 1 else "mixed",
+        "error": "; ".join(f"{Path(m['run']).name}: {m['error']}" for m in members if m["error"]) or None,
+        "members": members,
+    }  # fmt: skip
+    for column in METRIC_COLUMNS:
+        record[column], record[f"{column}_std"] = mean_and_std([m[column] for m in members if m[column] is not None])
+    done = {m["epochs_done"] for m in members}
+    record["epochs_done"] = done.pop() if len(done) == 1 else min(done)
+    return record
+
+
 def differing_overrides(records: List[Dict]) -> List[str]:
     """The override keys whose values differ between runs (shown as columns)."""
     keys = sorted({k for r in records for k in r["overrides"]})
@@ -163,13 +211,19 @@ def run_name(run: str, folder: Path) -> str:
 
 
 def rows_for_output(records: List[Dict], folder: Path) -> List[Dict]:
-    """Flat rows (rank, run, differing overrides, COLUMNS, error) for CSV, JSON and tables."""
+    """Flat rows (rank, run, differing overrides, COLUMNS, error) for CSV, JSON and tables; with
+    seed groups among them also n and each metric's `<column>_std` (0.0 for a lone run)."""
     keys = differing_overrides(records)
-    return [
-        {"rank": i + 1, "run": run_name(r["run"], folder), **{k: r["overrides"].get(k, "-") for k in keys},
-         **{c: r[c] for c in COLUMNS}, "error": r["error"]}  # fmt: skip
-        for i, r in enumerate(records)
-    ]
+    grouped = any("members" in r for r in records)
+    rows = []
+    for i, r in enumerate(records):
+        row = {"rank": i + 1, "run": ",".join(run_name(m["run"], folder) for m in r.get("members", [r])),
+               **{k: r["overrides"].get(k, "-") for k in keys}, **{c: r[c] for c in COLUMNS}}  # fmt: skip
+        if grouped:
+            row["n"] = r.get("n", 1)
+            row.update({f"{c}_std": r.get(f"{c}_std", None if r[c] is None else 0.0) for c in METRIC_COLUMNS})
+        rows.append({**row, "error": r["error"]})
+    return rows
 
 
 def _header(column: str) -> str:
@@ -190,14 +244,15 @@ def render(rows: List[Dict], title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    headers = [h for h in (rows[0] if rows else {"rank": 0}) if h != "error"]
+    headers = [h for h in (rows[0] if rows else {"rank": 0}) if h != "error" and not h.endswith("_std")]
     for header in headers:
-        numeric = header in METRIC_COLUMNS or header in ("rank", "epochs_done")
+        numeric = header in METRIC_COLUMNS or header in ("rank", "epochs_done", "n")
         table.add_column(_header(header), justify="right" if numeric else "left")
     for i, row in enumerate(rows):
         finished = row["status"] in ("completed", "early_stopped")
         style = "bold green" if i == 0 and finished else (None if finished else "dim")
-        table.add_row(*(_cell(h, row[h]) for h in headers), style=style)
+        cells = [_cell(h, row[h]) + (f" ± {_cell(h, row[h + '_std'])}" if row.get(h + "_std") else "") for h in headers]
+        table.add_row(*cells, style=style)
     return table
 
 
@@ -210,9 +265,13 @@ def write(folder: Path, records: List[Dict], sort: str) -> None:
     runs.write_json(folder / "leaderboard.json", {"folder": str(Path(folder).resolve()), "sort": sort, "rows": rows})
 
 
-def build(path: Path, sort: str, top: Optional[int] = None) -> List[Dict]:
-    """The records of every run below `path`, ranked by `sort`, the first `top` of them."""
-    records = rank([run_record(run) for run in find_runs(path)], sort)
+def build(path: Path, sort: str, top: Optional[int] = None, group_seeds: bool = False) -> List[Dict]:
+    """The records of every run below `path` (with group_seeds, runs that differ only in seed as
+    one group record each), ranked by `sort`, the first `top` of them."""
+    records = [run_record(run) for run in find_runs(path)]
+    if group_seeds:
+        records = [members[0] if len(members) == 1 else group_record(members) for members in seed_groups(records)]
+    records = rank(records, sort)
     return records[:top] if top else records
 
 
@@ -221,7 +280,9 @@ def show(folder: Path, records: List[Dict], sort: str) -> None:
     from mnist_cli.console import console
 
     rows = rows_for_output(records, folder)
-    console.print(render(rows, f"{folder}: {len(records)} runs, by {sort}"))
+    runs_found = sum(r.get("n", 1) for r in records)
+    grouped = f" ({len(records)} rows: runs that differ only in seed are one row, mean ± std)" if runs_found > len(records) else ""
+    console.print(render(rows, f"{folder}: {runs_found} runs{grouped}, by {sort}"))
     for row in rows:
         if row["error"]:
             console.print(f"{row['rank']}. {row['run']} ({row['status']}): {row['error']}", markup=False, soft_wrap=True)

@@ -40,6 +40,13 @@ SUMMARY_METRICS: Dict[str, SummaryMetric] = {m.name: m for m in (
 )}  # fmt: skip
 
 
+def optimization_direction(metric: str) -> str:
+    """`minimize` for a loss or a time, `maximize` for an accuracy: how a search treats `metric`
+    (an unknown one is refused by config.check_config before any trial)."""
+    known = SUMMARY_METRICS.get(metric)
+    return "minimize" if known is not None and known.lower_is_better else "maximize"
+
+
 def summary_value(summary: Any, name: str) -> Optional[float]:
     """The finite number at `name` (a dotted path) in a summary.json document, else None."""
     value = summary

@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from mnist_cli import console, figures, runs
@@ -19,7 +17,7 @@ from mnist_cli.checkpoints import load_trained
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import UserError
 from mnist_cli.images import ImageError, find_images, prepare
-from mnist_cli.inference import load_split, predict_logits
+from mnist_cli.inference import load_split, probabilities, to_rows
 
 CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
 INPUTS_PNG_LIMIT = 100  # inputs drawn in inputs.png: a picture of thousands is unreadable and took minutes
@@ -44,19 +42,6 @@ def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
                 "label": trained.classes[int(split.labels[index])],
             })  # fmt: skip
     return entries
-
-
-def to_rows(entries: List[Dict], probs: torch.Tensor, classes: List[str], topk: int) -> List[Dict]:
-    rows, k = [], min(topk, len(classes))
-    predicted = iter(zip(*probs.topk(k, dim=1)))
-    for entry in entries:
-        row = {"input": entry["input"], "label": entry.get("label"), "predicted": None, "confidence": None, "topk": [], "error": entry.get("error")}
-        if "image" in entry:
-            values, indices = next(predicted)
-            row["topk"] = [{"class": classes[i], "probability": round(p, 6)} for p, i in zip(values.tolist(), indices.tolist())]
-            row["predicted"], row["confidence"] = row["topk"][0]["class"], row["topk"][0]["probability"]
-        rows.append(row)
-    return rows
 
 
 def write_rows(out: Path, rows: List[Dict]) -> None:
@@ -90,10 +75,7 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> int:
     if not entries:
         raise UserError(f"inputs={list(cfg.inputs)} holds no image files.")
     images = [e["image"] for e in entries if "image" in e]
-    probs = torch.zeros(0, len(trained.classes))
-    if images:
-        batch = torch.from_numpy(np.stack(images)).to(device)
-        probs = predict_logits(trained, batch, cfg.batch_size).softmax(1).cpu()
+    probs = probabilities(trained, images, device, cfg.batch_size)
     rows = to_rows(entries, probs, trained.classes, cfg.topk)
 
     out = Path(run_dir)

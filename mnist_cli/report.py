@@ -16,7 +16,7 @@ from mnist_cli.errors import UserError, WriteFailed
 
 SORTS = f"{', '.join(leaderboard.METRIC_COLUMNS)} (or {', '.join(metrics.SUMMARY_METRICS)})"
 SORT_TABLE = "\n".join(f"  {m.column:<22} {m.name}" for m in metrics.SUMMARY_METRICS.values())
-USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true]
+USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true] [group_seeds=false]
 
   mnist report outputs/multirun/2026-11-23/10-20-11-x9f2     # one sweep
   mnist report outputs/                                      # every run found below a folder
@@ -24,13 +24,15 @@ USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|jso
 
 FOLDER defaults to outputs/. A run whose files cannot be read is a `damaged` row that says why.
 save=true writes leaderboard.csv/json, plot=true writes curves.png (validation accuracy per epoch
-of the top runs that are not damaged), both into FOLDER.
+of the top runs that are not damaged), both into FOLDER. Runs that differ only in seed (a sweep
+over seed=0,1,2) are one row: each metric's mean ± standard deviation, and n; group_seeds=false
+shows one row per run.
 
 sort: a column or its summary.json name; losses and seconds lowest first, accuracies highest
 first; best_val_accuracy by default.
 {SORT_TABLE}
 """
-DEFAULTS = {"sort": "best_val_accuracy", "top": None, "format": "table", "save": False, "plot": False}
+DEFAULTS = {"sort": "best_val_accuracy", "top": None, "format": "table", "save": False, "plot": False, "group_seeds": True}
 
 
 def parse(args: List[str]) -> Dict:
@@ -48,7 +50,7 @@ def parse(args: List[str]) -> Dict:
             if not value.isdigit() or int(value) < 1:
                 raise UserError(f"top must be a positive whole number (got {value!r}).")
             options[key] = int(value)
-        elif key in ("save", "plot"):
+        elif key in ("save", "plot", "group_seeds"):
             if value.lower() not in ("true", "false"):
                 raise UserError(f"{key} must be true or false (got {value!r}).")
             options[key] = value.lower() == "true"
@@ -75,7 +77,7 @@ def report_command(args: List[str]) -> int:
         folder = Path(options["folder"])
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder; give a sweep folder or outputs/.")
-        records = leaderboard.build(folder, options["sort"], options["top"])
+        records = leaderboard.build(folder, options["sort"], options["top"], options["group_seeds"])
         if not records:
             raise UserError(f"no run folders (summary.json or metrics.jsonl) below {folder}.")
         if options["save"]:
@@ -83,7 +85,8 @@ def report_command(args: List[str]) -> int:
         if options["plot"]:
             from mnist_cli.figures import curves_png
 
-            plotted = [r for r in records[: options["top"] or 10] if r["status"] != "damaged"]
+            runs = [m for r in records for m in r.get("members", [r])]  # each seed's own curve
+            plotted = [r for r in runs[: options["top"] or 10] if r["status"] != "damaged"]
             curves_png(folder / "curves.png", plotted)
     except (UserError, WriteFailed) as error:  # WriteFailed names the file; the previous one is kept
         print(f"mnist report: {error}", file=sys.stderr)

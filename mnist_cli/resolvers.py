@@ -38,19 +38,10 @@ def config_groups_text() -> str:
     return "\n".join(lines)
 
 
-def optimization_direction(metric: str) -> str:
-    """`minimize` for a loss or a time, `maximize` for an accuracy: how a sweeper treats `metric`."""
-    from mnist_cli.metrics import SUMMARY_METRICS
-
-    known = SUMMARY_METRICS.get(metric)  # an unknown one is refused (config.check_config) before any trial
-    return "minimize" if known is not None and known.lower_is_better else "maximize"
-
-
 RESOLVERS = {
     "mnist_data_root": default_data_root,
     "mnist_config_groups": config_groups_text,
     "run_name": run_name,
-    "mnist_direction": optimization_direction,
 }
 
 

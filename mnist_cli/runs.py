@@ -23,10 +23,11 @@ import math
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from mnist_cli.errors import UserError, WriteFailed
 
@@ -211,6 +212,22 @@ def lock_run(run_dir: Path) -> None:
     for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):  # a writer killed mid-write left these
         for stale in folder.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive(path: Optional[Path]) -> Iterator[None]:
+    """Hold an exclusive flock on `path`, waiting for other processes (no lock for None): for files
+    several processes create or change in turns (an Optuna study, the MLflow database)."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def unlock_run(run_dir: Path) -> None:

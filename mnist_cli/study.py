@@ -4,22 +4,20 @@ count towards n_trials, the trials a stopped worker left behind, and one worker 
 Several `mnist train hparams_search=optuna` processes (shells, a SLURM array) may work on one study.
 A worker counts and asks under an exclusive lock on a file next to a file storage (SQLite, journal),
 so together they run exactly n_trials. It marks its running trials alive every HEARTBEAT_SECONDS;
-a running trial whose worker is gone (a dead PID on this host, or silent for STALE_SECONDS) is
-failed and queued again once with the same parameters, and does not count.
+a running trial whose worker is gone (its process ended, on this host; silent for STALE_SECONDS,
+on another) is failed and queued again once with the same parameters, and does not count.
 
 Imports optuna (extra mnist-cli[optuna]); never torch.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 HEARTBEAT_SECONDS = 30
 STALE_SECONDS = 300
 # trial user attributes (shown by optuna-dashboard too)
-WORKER = "worker"  # "<host> <pid>" of the sweep process running the trial
+WORKER = "worker"  # "<host> <pid> <process start>" of the sweep process running the trial
 ALIVE = "alive_at"  # time.time() of that process's last heartbeat
 RETRY_OF = "retry_of"  # the number of the stopped trial this one runs again
 RUN = "run"  # the trial's run folder
@@ -37,16 +35,41 @@ PRUNERS = ("median", "hyperband", "none")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial-by-trial INFO lines would repeat our own
 
 
+SQLITE = "sqlite:///"
+
+
 def default_location(outputs_dir: str, study_name: str) -> str:
     """`sqlite:///<outputs_dir>/optuna/<study_name>.db` (absolute: a job may run in another folder)."""
-    return f"sqlite:///{Path(outputs_dir).resolve() / 'optuna' / f'{study_name}.db'}"
+    return f"{SQLITE}{Path(outputs_dir).resolve() / 'optuna' / f'{study_name}.db'}"
 
 
 def _sqlite_file(location: str) -> Optional[Path]:
-    prefix = "sqlite:///"
-    if location.startswith(prefix) and location[len(prefix) :] not in ("", ":memory:"):
-        return Path(location[len(prefix) :])
+    if location.startswith(SQLITE) and location[len(SQLITE) :].split("?")[0] not in ("", ":memory:"):
+        return Path(location[len(SQLITE) :])
     return None
+
+
+def absolute_location(location: str) -> str:
+    """`location` with a relative SQLite or journal file made absolute: jobs may run elsewhere.
+    Raises ValueError for an in-memory database, which the jobs could not reach."""
+    if location.startswith("sqlite:") and _sqlite_file(location) is None:
+        raise ValueError("an in-memory SQLite database cannot be shared with the trials' jobs; give a file, e.g. sqlite:///study.db")
+    database = _sqlite_file(location)
+    if database is not None:
+        return f"{SQLITE}{database.resolve()}"
+    return location if "://" in location else str(Path(location).resolve())
+
+
+def shown(location: str) -> str:
+    """`location` fit to print or save: a database URL's password masked."""
+    if "://" not in location or "@" not in location:
+        return location
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(location).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: show only its scheme
+        return location.split("://", 1)[0] + "://…"
 
 
 def open_storage(location: str) -> optuna.storages.BaseStorage:
@@ -73,29 +96,15 @@ def lock_path(location: str) -> Optional[Path]:
     return None if "://" in location else Path(location + ".ask.lock")
 
 
-@contextmanager
-def exclusive(path: Optional[Path]) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (waits for the other workers); no lock for None."""
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def make_pruner(name: str, warmup_epochs: int, startup_trials: int) -> optuna.pruners.BasePruner:
     """median: stop a trial whose value after an epoch is worse than the median of the earlier
     trials' at that epoch (never within its first `warmup_epochs` epochs, nor before
     `startup_trials` trials have finished); hyperband: successive halving over epochs; none."""
     if name == "median":  # steps are epochs counted from 1: pruning may start after epoch warmup_epochs + 1
         return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs + 1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if name == "hyperband":  # max_resource "auto": the epochs of the first finished trial, read from the
+        # storage, so the sweep and every job agree on the brackets (even when epochs is searched)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
     return optuna.pruners.NopPruner()
 
 
@@ -106,15 +115,25 @@ def counted(trials: List[FrozenTrial]) -> int:
     return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in rerun)
 
 
+def _process_start(pid: int) -> Optional[str]:
+    """When process `pid` started (clock ticks since boot, from /proc), or None: no such process,
+    or no /proc. With the PID it names one process, even after the PID is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def worker_name() -> str:
+    """This process as a WORKER attribute: host, PID and start time."""
+    return f"{socket.gethostname()} {os.getpid()} {_process_start(os.getpid())}"
+
+
 def _worker_gone(trial: FrozenTrial, host: str, now: float) -> bool:
-    name, _, pid = str(trial.user_attrs.get(WORKER, "")).partition(" ")
-    if name == host and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # another user's process with that PID: alive
-            pass
+    name, pid, started = (str(trial.user_attrs.get(WORKER, "")).split(" ") + ["", ""])[:3]
+    if name == host and pid.isdigit() and started not in ("", "None"):
+        return _process_start(int(pid)) != started  # this host's process table knows for sure
     alive = trial.user_attrs.get(ALIVE)
     last = alive if isinstance(alive, (int, float)) else trial.datetime_start.timestamp()
     return now - last > STALE_SECONDS
@@ -141,7 +160,7 @@ def abandoned(study: optuna.Study) -> List[FrozenTrial]:
 
 def claim(study: optuna.Study, trial: optuna.Trial) -> None:
     """Mark `trial` as run by this process."""
-    trial.set_user_attr(WORKER, f"{socket.gethostname()} {os.getpid()}")
+    trial.set_user_attr(WORKER, worker_name())
     trial.set_user_attr(ALIVE, time.time())
 
 

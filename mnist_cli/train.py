@@ -26,6 +26,7 @@ from mnist_cli.devices import resolve_device
 from mnist_cli.distributed import World, all_sum, any_true
 from mnist_cli.errors import RunFailed
 from mnist_cli.interrupt import Interrupted, StopRequest
+from mnist_cli.loggers import Loggers, start_loggers
 from mnist_cli.models import build_model, count_parameters, layer_summary
 from mnist_cli.optim import build_optimizer, scheduler_at
 from mnist_cli.study_trial import StudyTrial
@@ -58,6 +59,7 @@ class Run:
     facts: Optional[Dict[str, Any]] = None  # for summary.json: parameters, device, versions, ...
     config: Optional[Dict[str, Any]] = None  # cfg resolved to plain data, as checkpoints store it
     started: float = 0.0  # perf_counter() when this process started the run
+    loggers: Loggers = field(default_factory=Loggers)  # TensorBoard, MLflow (rank 0 only)
 
     @property
     def last(self) -> Path:
@@ -83,6 +85,8 @@ class Run:
         summary = runs.summary(status, self.run_dir, self.cfg, state, self.facts, self.wall(state), resumed_with, warning)
         if self.world.is_main:
             runs.write_json(self.run_dir / "summary.json", summary)
+            steps = batches_per_epoch(self.data.train, self.cfg.batch_size)
+            self.loggers.call("finish", summary, self.config, state.epoch * steps + state.step)
         return summary
 
 
@@ -116,6 +120,8 @@ def train_one_epoch(run: Run, state: RunState, scheduler, stop: StopRequest, sum
                 scheduler.step()
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
+            if run.loggers.wants_step(state.epoch * steps + step):  # a host sync, every N steps only
+                run.loggers.call("step", state.epoch * steps + step, loss.item())
             advance()
             stopping = step < steps and any_true(stop.signal is not None, world, device)
             if stopping or (step < steps and every and step % every == 0):
@@ -248,6 +254,7 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
         if note:
             console.say(f"note: {note}")
         runs.atomic_write(run_dir / "model.txt", lambda f: f.write(console.render_text(table).encode()))
+        run.loggers = start_loggers(cfg.logger, run_dir, run.config, state.history, state.epoch * steps_per_epoch + state.step)
     console.show_table(table)
     console.say(
         f"{cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val images on {device}; "
@@ -284,9 +291,11 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
             is_best = state.record(row, cfg.early_stopping.min_delta)
             if main:
                 metrics.write_epochs(run_dir, state.history)
+            run.loggers.call("epoch_ended", row, state.epoch * steps_per_epoch)  # TensorBoard: before the checkpoint
             run.save(state)
             if main and is_best:
                 runs.copy_atomically(run.last, run_dir / "checkpoints" / "best.pt")
+            run.loggers.call("epoch_saved", row, state.epoch * steps_per_epoch)  # MLflow: after it (loggers.py says why)
             if state.epoch < cfg.epochs and any_true(stop.signal is not None, world, device):  # during evaluation or saving
                 raise interrupted(run, state, stop, f"after epoch {state.epoch}", resumed_with)
             patience = cfg.early_stopping.patience

@@ -75,6 +75,9 @@ COMPOSITION_MISTAKES = {
     "unknown eval key": ("eval", ["run=latest", "splt=val"], "splt is not a key of mnist eval; did you mean split?"),
     "unreadable value": ("train", ["model.hidden=[64"], "model.hidden=[64 cannot be read as KEY=VALUE"),
     "a key without a value": ("train", ["model"], "model cannot be read as KEY=VALUE"),
+    "unknown logger": ("train", ["logger=wandb"], "logger=wandb is not an option of logger; choose one of csv, mlflow, tensorboard."),
+    "a setting of a logger not chosen": ("train", ["logger=tensorboard", "logger.mlflow.tracking_uri=x"],
+                                         "logger.mlflow.tracking_uri sets the mlflow logger, which is not chosen; add logger=mlflow"),
 }
 
 

@@ -4,6 +4,8 @@ two processes, pruning a hopeless trial, minimising a loss, under the joblib lau
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,12 +170,74 @@ def test_the_joblib_launcher_runs_two_trials_at_once_and_prunes_from_its_workers
     (["hydra.sweeper.storage=nosuchdb://x"], "the Optuna storage nosuchdb://x cannot be opened"),
     (["optimizer.lr=-1"], "optimizer.lr must be greater than 0"),
     (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"], "hydra.sweeper.sampler cannot be made"),
+    (["hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler"], "needs ~hydra.sweeper.sampler.constant_liar"),
+    (["batch_size=choice(64,abc)"], "the searched value batch_size=abc does not fit the config"),
+    (["optimized_metric=best.val_loss", "hydra.sweeper.direction=maximize"], "contradicts optimized_metric=best.val_loss"),
+    (["hydra.sweeper.storage=sqlite:///:memory:"], "an in-memory SQLite database cannot be shared"),
 ])  # fmt: skip
 def test_a_mistake_in_the_search_is_one_sentence_before_any_trial(args, message, tmp_path, cli_env):
     result = run_mnist("train", *SEARCH, *args, cwd=tmp_path, env=cli_env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not any(p.is_dir() for f in sweep_dirs(tmp_path) for p in f.iterdir())  # no trial ran
+
+
+def test_a_random_sampler_without_constant_liar_runs(tmp_path, cli_env):
+    result = run_mnist("train", *SEARCH, "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
+                       "~hydra.sweeper.sampler.constant_liar", "hydra.sweeper.n_trials=1", "model.hidden=16", cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert states(the_study(tmp_path)) == {"COMPLETE": 1}
+
+
+def test_values_that_clash_with_each_other_fail_their_trial_before_it_starts(tmp_path, cli_env):
+    # each value fits alone; together mlp's hidden sizes (a list) meet an int
+    result = run_mnist("train", *SEARCH, "model=choice(mlp)", "model.hidden=choice(64)", "hydra.sweeper.n_trials=2",
+                       cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert states(the_study(tmp_path)) == {"FAIL": 2}  # counted: the sweep ends, nothing is queued again
+    output = result.stderr + result.stdout
+    assert re.search(r"trial 0 \(.*model.hidden=64 model=mlp\) failed before it started: model.hidden=64: ", output), output
+    assert "Traceback" not in output and "already has its" not in output
+    assert not any(p.is_dir() for f in sweep_dirs(tmp_path) for p in f.iterdir())  # no job ran
+
+
+@pytest.mark.slow
+def test_a_trial_whose_job_raises_is_failed_with_one_line_and_the_search_goes_on(tmp_path, cli_env):
+    # a width no machine can allocate: torch raises inside the job, a bug-shaped error no check catches
+    result = run_mnist("train", *SEARCH, "model.hidden=choice(100000000000)", "hydra.sweeper.n_trials=2", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    output = result.stderr + result.stdout
+    assert "Traceback" not in output
+    assert "trial 0 failed: RuntimeError:" in output and "trial 1 failed: RuntimeError:" in output
+    study = the_study(tmp_path)
+    assert states(study) == {"FAIL": 2}  # not queued again: it would fail the same way
+    (folder,) = sweep_dirs(tmp_path)
+    for job in jobs_in(folder):
+        summary = json.loads((folder / job / "summary.json").read_text())
+        assert summary["status"] == "failed" and summary["error"].startswith("RuntimeError:")
+
+
+def test_storage_locations_are_absolute_and_shown_without_passwords(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert studies.absolute_location("sqlite:///studies/a.db") == f"sqlite:///{tmp_path / 'studies' / 'a.db'}"
+    assert studies.absolute_location("studies/a.log") == str(tmp_path / "studies" / "a.log")
+    assert studies.absolute_location("postgresql://u:pw@db/optuna") == "postgresql://u:pw@db/optuna"
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ValueError, match="in-memory"):
+            studies.absolute_location(memory)
+    assert "s3cret" not in studies.shown("postgresql://me:s3cret@db.example/optuna")
+    assert studies.shown("postgresql://me:s3cret@db.example/optuna").startswith("postgresql://me:***@db.example")
+
+
+def test_a_grid_sampler_ends_the_search_when_its_grid_is_done():
+    from mnist_cli import search
+
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1, 2]}))
+    distributions = {"x": optuna.distributions.CategoricalDistribution([1, 2])}
+    for _ in range(2):
+        trial = study.ask(distributions)
+        search.tell(study, trial.number, 1.0)  # the grid's study.stop() outside optimize() is not an error
+    assert states(study) == {"COMPLETE": 2} and search.exhausted(study)
 
 
 def test_a_named_study_refuses_a_command_with_other_settings(tmp_path, cli_env):
@@ -187,24 +251,28 @@ def test_a_named_study_refuses_a_command_with_other_settings(tmp_path, cli_env):
 
 def test_trials_whose_worker_is_gone_are_found_and_rerun_once():
     study = optuna.create_study()
-    dead_here, silent_elsewhere, alive = study.ask(), study.ask(), study.ask()
-    for trial in (dead_here, silent_elsewhere, alive):
+    dead_here, reused_pid, silent_elsewhere, alive = (study.ask() for _ in range(4))
+    for trial in (dead_here, reused_pid, silent_elsewhere, alive):
         trial.suggest_float("x", 0, 1)
+    host = socket.gethostname()
     studies.claim(study, alive)
-    dead_here.set_user_attr(studies.WORKER, f"{socket.gethostname()} 999999999")  # no such PID
+    alive.set_user_attr(studies.ALIVE, time.time() - studies.STALE_SECONDS - 1)  # silent, but its process runs
+    dead_here.set_user_attr(studies.WORKER, f"{host} 999999999 12345")  # no such PID
     dead_here.set_user_attr(studies.ALIVE, time.time())
-    silent_elsewhere.set_user_attr(studies.WORKER, "another-host 1")
+    reused_pid.set_user_attr(studies.WORKER, f"{host} {os.getpid()} 1")  # this PID, but another process's start
+    reused_pid.set_user_attr(studies.ALIVE, time.time())
+    silent_elsewhere.set_user_attr(studies.WORKER, "another-host 1 1")
     silent_elsewhere.set_user_attr(studies.ALIVE, time.time() - studies.STALE_SECONDS - 1)
     gone = studies.abandoned(study)
-    assert [t.number for t in gone] == [dead_here.number, silent_elsewhere.number]
+    assert [t.number for t in gone] == [dead_here.number, reused_pid.number, silent_elsewhere.number]
     for trial in gone:
         studies.stop_trial(study, trial.number, "test")
-    assert studies.counted(study.trials) == 1  # only the live one; the two reruns wait
+    assert studies.counted(study.trials) == 1  # only the live one; the three reruns wait
     rerun = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # the first queued rerun: the same parameters
     assert rerun.params == dead_here.params and rerun.user_attrs[studies.RETRY_OF] == dead_here.number
     assert studies.counted(study.trials) == 2
     studies.stop_trial(study, rerun.number, "test")  # stopped again: not queued a third time
-    assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == 2
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 The lines come from the README's ```bash blocks and the `run:` steps of its YAML example, one test per line,
 in README order, all in one folder (later lines use what earlier ones made: `latest`, sweeps). A training
 line gets a tiny dataset and one epoch unless it says otherwise; the README's placeholders (a run folder, a
-sweep folder, path/to/any.pt, digit.png, photos/, a.png) are real files there. A line that cannot run here is
+sweep folder, path/to/any.pt, digit.png, photos/, a.png) are real files there. A `mnist serve` line runs on a
+free port, gets the README's curl lines, and is stopped with Ctrl-C (serve_line). A line that cannot run here is
 listed below with its reason; test_every_mnist_line_is_collected_and_every_listed_line_exists fails when a
 README line escapes both, or a listed one is gone from the README.
 """
@@ -15,7 +16,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -23,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MNIST_COMMAND, run_mnist, synthetic_glyphs
+from conftest import MNIST_COMMAND, run_mnist, start_mnist, synthetic_glyphs
 from forked_mnist import MNIST_ENTRY, TORCHRUN_ENTRY, run_forked
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -264,6 +268,8 @@ def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env)
     if SWEEP_PLACEHOLDER in line:
         places["sweep"] = request.getfixturevalue("sweep_folder")
     argv, env = prepare(line, places, workdir, cli_env)
+    if argv[1] == "serve":  # runs until stopped: started, asked as the README's curl lines ask, stopped
+        return serve_line(argv, workdir, env)
     entry = TORCHRUN_ENTRY if argv[0] == TORCHRUN else MNIST_ENTRY  # torchrun's workers are new processes
     before = folders(workdir)
     result = run_forked(argv[0], argv[1:], workdir, env, timeout=300, entry=entry)
@@ -282,12 +288,46 @@ def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env)
         keeps_its_promises(argv, result.stdout, workdir, before)
 
 
+# --- a server line --------------------------------------------------------------------------------------
+
+LOCAL = re.compile(r"http://127\.0\.0\.1:8000")  # where the README's curl lines send their requests
+
+
+def serve_line(argv: List[str], workdir: Path, env: dict) -> None:
+    """Run a README `mnist serve` line for real, on a free port instead of the line's (port=0; parallel tests
+    never collide), run each curl line of the README against it, then Ctrl-C: exit 0, no traceback."""
+    assert value(argv, "host") in (None, "127.0.0.1"), "a README serve line is run here only on 127.0.0.1"
+    out = workdir / "serve.out"
+    server = start_mnist(*with_value(argv[1:], "port", "0"), cwd=workdir, env=env, stdout=out)
+    try:
+        for _ in range(600):  # the first line names the URL once the model is loaded and the port listens
+            found = re.search(r"at (http://127\.0\.0\.1:\d+)/ ", out.read_text() if out.exists() else "")
+            if found or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert found, "mnist serve did not start"
+        url = found.group(1)
+        curls = [line for language, line in fenced_lines(README.read_text()) if language == "bash" and line.lstrip().startswith("curl ")]
+        assert curls, "the README shows no curl line for mnist serve"
+        for curl in curls:
+            done = subprocess.run(LOCAL.sub(url, curl.split(" #")[0]), shell=True, cwd=workdir, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"{curl}: {done.stderr}"
+            answer = json.loads(done.stdout)
+            assert "error" not in answer and (answer.get("predictions") or answer.get("classes") or answer.get("status")), answer
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Traceback" not in err, err
+    assert out.read_text().strip().splitlines()[-1].startswith("mnist serve: stopped on SIGINT;")
+
+
 # --- what the README says a training line does ------------------------------------------------------------
 
 
 def folders(workdir: Path) -> Dict[str, set]:
-    """The run folders and sweep folders under workdir/outputs."""
-    return {kind: {p for p in (workdir / "outputs" / kind).glob("*/*") if p.is_dir()} for kind in ("train", "multirun")}
+    """The run folders and sweep folders under workdir/outputs (not what outputs/train/latest links to)."""
+    return {kind: {p for p in (workdir / "outputs" / kind).glob("*/*") if p.is_dir() and p.parent.name != "latest"}
+            for kind in ("train", "multirun")}  # fmt: skip
 
 
 def jobs_of(argv: List[str]) -> int:
