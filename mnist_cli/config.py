@@ -24,12 +24,24 @@ from mnist_cli.resolvers import register_resolvers
 
 
 @dataclass
+class AugmentConfig:
+    """What model.augment=true does to training images (augment.py), per dataset."""
+
+    shift: int = MISSING  # random shifts of up to N pixels
+    flip: bool = MISSING  # mirror half of the images left-right
+    rotate: float = MISSING  # random rotation within ± degrees
+    scale: float = MISSING  # random zoom within 1 ± scale
+    erase: float = MISSING  # probability of blanking one random rectangle
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING  # "mnist" | "fashion_mnist"
     folder: str = MISSING  # torchvision's folder under data.root: MNIST, FashionMNIST
     classes: List[str] = MISSING
     mean: float = MISSING
     std: float = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -184,6 +196,7 @@ class TrainConfig:
     seed: int = MISSING
     channels_last: bool = MISSING  # memory layout for conv nets
     precision: str = MISSING  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
+    label_smoothing: float = MISSING  # of the training loss (validation and test losses stay plain cross-entropy)
     threads: Optional[int] = MISSING  # torch CPU threads; null: torch's default, or cores / parallel jobs
     optimized_metric: str = MISSING  # what train returns to a sweeper, from summary.json
     outputs_dir: str = MISSING
@@ -515,6 +528,12 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta", "0 or more")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+    need(0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)")
+    aug = cfg.dataset.augment
+    need(0 <= aug.shift <= 8, "dataset.augment.shift", "0 to 8 pixels")
+    need(0 <= aug.rotate <= 180, "dataset.augment.rotate", "0 to 180 degrees")
+    need(0 <= aug.scale < 1, "dataset.augment.scale", "in [0, 1)")
+    need(0 <= aug.erase <= 1, "dataset.augment.erase", "a probability in [0, 1]")
     need(cfg.optimized_metric in SUMMARY_METRICS, "optimized_metric", f"one of {', '.join(SUMMARY_METRICS)}")
 
     opt = cfg.optimizer

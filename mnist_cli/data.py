@@ -1,7 +1,7 @@
 """Datasets as uint8 tensors on the device, the fixed validation split, and on-device batching.
 
 torchvision's MNIST/FashionMNIST classes read the IDX files; after that no per-sample Python
-runs: images stay uint8 on the device and are shifted, converted and normalised per batch.
+runs: images stay uint8 on the device and are augmented (augment.py), converted and normalised per batch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Iterator, List, Tuple
 import torch
 from torchvision import datasets
 
+from mnist_cli.augment import Augment, apply, draw
 from mnist_cli.paths import cache_dir
 from mnist_cli.errors import UserError
 
@@ -160,42 +161,28 @@ def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return images.unsqueeze(1).float().sub_(255.0 * mean).mul_(1.0 / (255.0 * std))
 
 
-def shift_images(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
-    """Translate each image by its own (dy, dx) in [-pad, pad], filling with background (0).
-
-    One gather over the whole batch: no per-sample Python.
-    """
-    b, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    rows = torch.arange(h, device=images.device) + pad - shifts[:, :1]  # (B, H)
-    cols = torch.arange(w, device=images.device) + pad - shifts[:, 1:]  # (B, W)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]]
-
-
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The RNG for one epoch's shuffle and shifts: a function of (seed, epoch) alone."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def train_batches(
-    split: Split, batch_size: int, generator: torch.Generator, augment_pad: int = 0, skip: int = 0,
+    split: Split, batch_size: int, generator: torch.Generator, augment: Augment = Augment(), skip: int = 0,
     rank: int = 0, world_size: int = 1,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield shuffled (uint8 images, labels) batches, from batch number `skip` on (resuming
-    mid-epoch); images shifted when augment_pad > 0. The same generator state gives the same batches.
+    mid-epoch), augmented as `augment` says. The same generator state gives the same batches.
     Under torchrun every process draws the same order and takes share `rank` of each global batch."""
     n = len(split)
     device = split.images.device
     order = torch.randperm(n, generator=generator).to(device)
-    shifts = None
-    if augment_pad > 0:
-        shifts = torch.randint(-augment_pad, augment_pad + 1, (n, 2), generator=generator).to(device)
+    params = draw(augment, n, generator, device) if augment.active else {}
     for start in range(skip * batch_size, n, batch_size):
-        idx = order[start : start + batch_size][rank::world_size]
+        positions = torch.arange(start, min(start + batch_size, n), device=device)[rank::world_size]
+        idx = order[positions]
         images = split.images[idx]
-        if shifts is not None:
-            images = shift_images(images, shifts[start : start + batch_size][rank::world_size], augment_pad)
+        if params:
+            images = apply(augment, images, params, positions)
         yield images, split.labels[idx]
 
 

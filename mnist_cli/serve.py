@@ -102,10 +102,10 @@ async def next_batch(service: Service) -> List[Job]:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            try:
-                job = await asyncio.wait_for(service.queue.get(), remaining)
-            except asyncio.TimeoutError:
-                break
+            # polled, not asyncio.wait_for(queue.get(), ...): on Python < 3.12 a timeout that fires as a job
+            # arrives loses that job, and its client waits for ever
+            await asyncio.sleep(min(remaining, 0.001))
+            continue
         jobs.append(job)
         count += len(job.images)
     return jobs

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cli import checkpoints, console, distributed, metrics, runs
+from mnist_cli.augment import from_config
 from mnist_cli.data import Split, TrainData, batches_per_epoch, epoch_generator, eval_batches, load_train_data, normalize, train_batches
 from mnist_cli.devices import resolve_device
 from mnist_cli.distributed import World, all_sum, any_true
@@ -31,8 +32,6 @@ from mnist_cli.models import build_model, count_parameters, layer_summary
 from mnist_cli.optim import build_optimizer, scheduler_at
 from mnist_cli.study_trial import StudyTrial
 from mnist_cli.runs import RunState
-
-AUGMENT_PAD = 2  # random shifts of up to 2 pixels when model.augment is true
 
 
 def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -> torch.Tensor:
@@ -104,15 +103,15 @@ def train_one_epoch(run: Run, state: RunState, scheduler, stop: StopRequest, sum
     run.net.train()
     device = data.train.images.device
     loss_sum, correct = sums if sums is not None else (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
-    pad = AUGMENT_PAD if cfg.model.augment else 0
+    augment = from_config(cfg.dataset.get("augment"), cfg.model.augment)
     steps = batches_per_epoch(data.train, cfg.batch_size)
     every = cfg.checkpoint.every_n_steps
-    batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), pad, start_step, world.rank, world.size)
+    batches = train_batches(data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), augment, start_step, world.rank, world.size)
     with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
         for step, (images, labels) in enumerate(batches, start_step + 1):
             with autocast(device, cfg.precision):
                 logits = run.net(to_model_input(images, data, cfg.channels_last))
-                loss = F.cross_entropy(logits, labels)
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

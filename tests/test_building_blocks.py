@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 from mnist_cli.config import ACTIVATIONS, GROUP_SCHEMAS, register_configs
-from mnist_cli.data import Split, shift_images, train_batches, epoch_generator
+from mnist_cli.augment import shift_images
+from mnist_cli.data import Split, train_batches, epoch_generator
 from mnist_cli.models import ACTIVATIONS as MODEL_ACTIVATIONS
 from mnist_cli.models import build_model, layer_summary
 from mnist_cli.optim import build_optimizer, build_scheduler

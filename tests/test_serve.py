@@ -325,7 +325,7 @@ def stroke(page, expect, points: List[tuple]) -> None:
     for px, py in points[1:]:
         page.mouse.move(box["x"] + px * scale, box["y"] + py * scale, steps=4)
     page.mouse.up()  # sends the drawing: <body data-pending> is 1 until the answer is shown
-    expect(page.locator("body")).to_have_attribute("data-pending", "0")
+    expect(page.locator("body")).to_have_attribute("data-pending", "0", timeout=30_000)  # 2 busy cores in CI
     expect(page.locator("#top")).not_to_have_text("")
 
 
@@ -352,7 +352,7 @@ def test_the_page_reads_a_1_and_a_0_drawn_with_the_mouse(trained_run, workdir, c
             page.screenshot(path=os.environ.get("MNIST_SCREENSHOT") or str(tmp_path / "serve.png"))
             (tmp_path / "dropped.png").write_bytes(drawing(ONE))
             page.set_input_files("#file", str(tmp_path / "dropped.png"))  # what the drop zone sends
-            sync_api.expect(page.locator("#top")).to_have_text("1")
+            sync_api.expect(page.locator("#top")).to_have_text("1", timeout=30_000)
             browser.close()
     finally:
         code, out, err = served.stop()
