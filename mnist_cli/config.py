@@ -322,6 +322,9 @@ def compose(command: str, overrides: Sequence[str] = (), with_hydra: bool = Fals
 # Keys whose YAML value is not how a run from before the key existed ran: such a run continues
 # without them (optimizer.fused absent: torch's default implementation, as it trained).
 NOT_FILLED_ON_RESUME = ("optimizer.fused",)
+# ... or with the value it ran with: before dataset.augment, model.augment meant 2-pixel shifts on every
+# dataset (FashionMNIST's default is no shifts now)
+FILLED_AS_BEFORE = {"dataset.augment": {"shift": 2, "flip": False, "rotate": 0.0, "scale": 0.0, "erase": 0.0}}
 
 
 def defaults_for(stored: Dict[str, Any]) -> DictConfig:
@@ -329,7 +332,8 @@ def defaults_for(stored: Dict[str, Any]) -> DictConfig:
     untyped: merged under `stored` they fill the keys added to mnist-cli since that run started.
 
     A group `stored` lacks stays ??? (its config was cut short: resume refuses it); a group option
-    that no longer exists gets nothing; keys in NOT_FILLED_ON_RESUME are left out.
+    that no longer exists gets nothing; keys in NOT_FILLED_ON_RESUME are left out, and those in
+    FILLED_AS_BEFORE get the value runs had before the key existed.
     """
     chosen = {}
     for group, options in GROUP_SCHEMAS.items():
@@ -344,6 +348,10 @@ def defaults_for(stored: Dict[str, Any]) -> DictConfig:
         section, name = key.split(".")
         if isinstance(values[section], dict):
             values[section].pop(name, None)
+    for key, before in FILLED_AS_BEFORE.items():
+        section, name = key.split(".")
+        if isinstance(values[section], dict):
+            values[section][name] = dict(before)
     return OmegaConf.create(values)
 
 
@@ -369,6 +377,9 @@ def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:
         raise UserError(f"~{removed[0]}: mnist {command} needs {removed[0]}; give it another value instead of removing it.")
     if command == "train":
         refuse_unknown_keys(cfg, [o.key_or_group for o in parsed if o.is_add() or o.is_force_add()])
+        unused = [o.key_or_group for o in parsed if o.key_or_group.startswith("dataset.augment.")]
+        if unused and not OmegaConf.select(cfg, "model.augment", default=True):
+            raise UserError(f"{unused[0]} does nothing while model.augment=false ({cfg.model.name}'s default); add model.augment=true.")
     try:
         validate(cfg, command)
     except OmegaConfBaseException as error:  # a key the checks need is missing or mistyped
@@ -520,6 +531,9 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.data.limit is None or cfg.data.limit >= 2, "data.limit", "null or at least 2")
     every = cfg.checkpoint.every_n_steps
     need(every is None or every >= 1, "checkpoint.every_n_steps", "null or at least 1")
+    uri = cfg.logger.mlflow.tracking_uri if cfg.logger.mlflow is not None else None
+    need(uri is None or ("://" in uri and not uri.startswith("file:")), "logger.mlflow.tracking_uri",
+         "null, a database URL (sqlite:///path/mlflow.db) or a server (http://host:5000); MLflow 3 no longer takes new file stores")
     if cfg.logger.tensorboard is not None:
         need(cfg.logger.tensorboard.log_every_n_steps >= 0, "logger.tensorboard.log_every_n_steps", "0 (per epoch only) or more")
     need(cfg.early_stopping.patience is None or cfg.early_stopping.patience >= 1, "early_stopping.patience", "null or at least 1")

@@ -44,6 +44,9 @@ def find_images(inputs: List[str], recursive: bool) -> List[Path]:
     return found
 
 
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit and 32-bit single-channel images
+
+
 def _decode_grey(file: BinaryIO, reader: str) -> Image.Image:
     """The image in `file` (its first frame) as a Pillow "L" image at most WORK_SIDE px on its longer side,
     transparency composited onto white; a bigger image is reduced while it is still 8-bit."""
@@ -60,7 +63,13 @@ def _decode_grey(file: BinaryIO, reader: str) -> Image.Image:
         alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
         mode = "LA" if alpha else "L"
         image.load()
-        grey = image if image.mode == mode else image.convert(mode)
+        if image.mode in WIDE_MODES:  # Pillow's own conversion clips 16-bit and float values at 255: scale them
+            wide = np.asarray(image, dtype=np.float64)
+            peak = wide.max()
+            top = 65535.0 if image.mode.startswith("I;16") or peak > 255 else (1.0 if image.mode == "F" and peak <= 1 else 255.0)
+            grey = Image.fromarray((wide * (255.0 / top)).round().clip(0, 255).astype(np.uint8), "L")
+        else:
+            grey = image if image.mode == mode else image.convert(mode)
     del image  # the full-size decoded pixels go now, unless they were grey already: 1-2 bytes a pixel are left
     factor = -(-max(grey.size) // WORK_SIDE)
     if factor > 1:

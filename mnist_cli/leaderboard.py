@@ -149,14 +149,17 @@ def rank(records: List[Dict], sort: str) -> List[Dict]:
 
 
 def seed_groups(records: List[Dict]) -> List[List[Dict]]:
-    """`records` in groups: the runs whose overrides are the same but for `seed`, each seed once,
-    make a group; every other run is a group of its own (two runs with the same seed are repeats,
-    not a spread)."""
+    """`records` in groups: the finished runs whose overrides are the same but for `seed`, each seed
+    once, make a group; every other run is a group of its own (two runs with the same seed are
+    repeats, not a spread; a failed, damaged or unfinished run is shown as it is, not averaged)."""
     by_setup: Dict[tuple, List[Dict]] = {}
+    groups = []
     for record in records:
+        if record["status"] not in ("completed", "early_stopped"):
+            groups.append([record])
+            continue
         setup = tuple(sorted((k, v) for k, v in record["overrides"].items() if k != "seed"))
         by_setup.setdefault(setup, []).append(record)
-    groups = []
     for members in by_setup.values():
         seeds = [m["overrides"].get("seed") for m in members]
         if len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):

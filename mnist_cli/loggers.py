@@ -63,6 +63,24 @@ def read_state(run_dir: Path) -> Dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
+def known_mlflow_run(run_dir: Path) -> Optional[Dict[str, str]]:
+    """The MLflow run loggers.json names ({"tracking_uri", "run_id", ...}), or None: no file, or
+    one that does not name a run (a warning says so: the run's MLflow history cannot be found)."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    known = read_state(run_dir).get("mlflow")
+    if isinstance(known, dict) and all(isinstance(known.get(k), str) for k in ("tracking_uri", "run_id")):
+        database = _sqlite_file(known["tracking_uri"])
+        if database is None or database.exists():
+            return known
+        why = f"its MLflow store {database} is gone"
+    else:
+        why = f"{path} does not name an MLflow run"
+    print(f"warning: {why}; this run's earlier MLflow history cannot be added to.", file=sys.stderr)
+    return None
+
+
 def git_commit(cwd: Optional[str] = None) -> Optional[str]:
     """The commit checked out where the command runs, or None (no git, not a repository)."""
     try:
@@ -89,7 +107,8 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.every = settings.log_every_n_steps
-        self.writer = SummaryWriter(str(run_dir / TB_FOLDER), purge_step=start_step + 1 if start_step else None)
+        resumed = (run_dir / TB_FOLDER).is_dir()  # hide what the last process wrote after its checkpoint
+        self.writer = SummaryWriter(str(run_dir / TB_FOLDER), purge_step=start_step + 1 if resumed else None)
 
     def step(self, global_step: int, loss: float) -> None:
         self.writer.add_scalar("train/step_loss", loss, global_step)
@@ -124,19 +143,20 @@ class MLflowLogger:
 
     def __init__(self, settings, run_dir: Path, config: Dict[str, Any], logged_epochs: List[Dict]):
         self.run_dir = run_dir
-        known = read_state(run_dir).get("mlflow") or {}
+        known = known_mlflow_run(run_dir) or {}
         self.tracking_uri = known.get("tracking_uri") or settings.tracking_uri or default_tracking_uri(config["outputs_dir"])
         self.client = _mlflow_client(self.tracking_uri)
         self.run_id = known.get("run_id")
-        if self.run_id is None:
+        seen = set()
+        if self.run_id is None:  # a new run, or a resumed one whose MLflow run is lost: it gets every epoch so far
             self.run_id = self._new_run(settings, config)
         else:  # a resumed run: the same MLflow run, running again, with the epochs the last process missed
             self.client.update_run(self.run_id, status="RUNNING")
             seen = {m.step for m in self.client.get_metric_history(self.run_id, "val_accuracy")}
             seen |= {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
-            for row in logged_epochs:
-                if row["epoch"] not in seen:
-                    self.epoch_saved(row, 0)
+        for row in logged_epochs:
+            if row["epoch"] not in seen:
+                self.epoch_saved(row, 0)
 
     def _new_run(self, settings, config: Dict[str, Any]) -> str:
         from mlflow.entities import Param
@@ -180,23 +200,30 @@ class MLflowLogger:
     def finish(self, summary: Dict[str, Any], config: Dict[str, Any], global_step: int) -> None:
         from mlflow.entities import Metric, RunTag
 
-        now = int(time.time() * 1000)
-        numbers = [Metric(k, v, now, 0) for k, v in summary_metrics(summary).items()]
+        now, step = int(time.time() * 1000), int(summary.get("epochs_completed") or 0)
+        numbers = [Metric(k, v, now, step) for k, v in summary_metrics(summary).items()]  # a resumed run: the next step
         self.client.log_batch(self.run_id, metrics=numbers, tags=[RunTag("status", summary["status"])])
-        for name, folder in (("summary.json", None), (".hydra/config.yaml", None), ("checkpoints/best.pt", "checkpoints")):
-            path = self.run_dir / name
-            if path.is_file():
-                self.client.log_artifact(self.run_id, str(path), folder)
+        if summary["status"] != "interrupted":  # the files once, when the run is over (not at every Ctrl-C)
+            for name, folder in (("summary.json", None), (".hydra/config.yaml", None), ("checkpoints/best.pt", "checkpoints")):
+                path = self.run_dir / name
+                if path.is_file():
+                    self.client.log_artifact(self.run_id, str(path), folder)
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(summary["status"], "FAILED"))
 
     def close(self) -> None:
-        pass
+        """Dropped after a failure: mark the MLflow run failed if the store still answers."""
+        self.client.set_terminated(self.run_id, "FAILED")
+
+
+def _sqlite_file(tracking_uri: str) -> Optional[Path]:
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
 
 
 def _lock_of(tracking_uri: str) -> Optional[Path]:
     """A lock file beside a SQLite tracking database (its first use creates the tables), else None."""
-    prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix) :] + ".lock") if tracking_uri.startswith(prefix) else None
+    database = _sqlite_file(tracking_uri)
+    return None if database is None else database.with_name(database.name + ".lock")
 
 
 def _mlflow_client(tracking_uri: str):
@@ -205,8 +232,8 @@ def _mlflow_client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow import MlflowClient
 
-    for name in ("alembic", "mlflow"):  # after the import, which sets mlflow's own level
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("alembic", "mlflow"):  # after the import, which sets mlflow's own level; its errors reach
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the user as our one-line warning instead
 
     with runs.exclusive(_lock_of(tracking_uri)):  # the first client of a new database migrates it
         client = MlflowClient(tracking_uri=tracking_uri)
@@ -242,7 +269,10 @@ class Loggers:
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
-    """`Type: first line of the message`, cut at `limit` characters (a server's error can be a page long)."""
+    """`Type: first line of the message` of the innermost cause (a full disk under SQLAlchemy under
+    MLflow), cut at `limit` characters (a server's error can be a page long)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
     text = str(error).strip()
     line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -282,8 +312,8 @@ def log_evaluation(run_dir: Path, settings, report: Dict[str, Any], pictures: Di
             _tensorboard_evaluation(run_dir, split, numbers, pictures, report["epoch"])
         except Exception as error:
             print(f"warning: the tensorboard logger failed ({_first_line(error)}); the evaluation is saved all the same.", file=sys.stderr)
-    mlflow = read_state(run_dir).get("mlflow")
-    if settings.get("mlflow") is not None and mlflow:
+    mlflow = known_mlflow_run(run_dir) if settings.get("mlflow") is not None else None
+    if mlflow:
         try:
             from mlflow.entities import Metric
 

@@ -85,8 +85,8 @@ def report_command(args: List[str]) -> int:
         if options["plot"]:
             from mnist_cli.figures import curves_png
 
-            runs = [m for r in records for m in r.get("members", [r])]  # each seed's own curve
-            plotted = [r for r in runs[: options["top"] or 10] if r["status"] != "damaged"]
+            top = [r for r in records[: options["top"] or 10] if r["status"] != "damaged"]
+            plotted = [m for r in top for m in r.get("members", [r])]  # a seed group: each seed's own curve
             curves_png(folder / "curves.png", plotted)
     except (UserError, WriteFailed) as error:  # WriteFailed names the file; the previous one is kept
         print(f"mnist report: {error}", file=sys.stderr)

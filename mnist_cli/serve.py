@@ -34,8 +34,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from mnist_cli.checkpoints import Trained, load_trained
@@ -46,6 +46,7 @@ from mnist_cli.inference import probabilities, to_rows
 
 READER = "mnist serve"  # names the command in the pixel-limit sentence
 MAX_FILES = 100  # files in one multipart request; the body limit alone would allow tens of thousands of tiny ones
+MAX_PARTS = 2 * MAX_FILES  # parts of any kind: parsing stops there (a body of empty parts costs a second or more)
 PAGE_HEADERS = {  # the page may load nothing from elsewhere: it works offline and cannot be pointed at a CDN
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'",
@@ -172,6 +173,10 @@ class Part:
         self.name, self.value = bytearray(), bytearray()
 
 
+def too_many() -> None:
+    raise HTTPException(413, f"more than {MAX_PARTS} parts in one request; send at most {MAX_FILES} files at a time.")
+
+
 def multipart_files(body: bytes, content_type: str) -> List[Tuple[str, bytes]]:
     """(file name, bytes) of each file part of a multipart/form-data body, in order; form fields without
     a file name are left out. Parsed in memory (no temporary files); raises HTTPException 422 or 413."""
@@ -180,7 +185,7 @@ def multipart_files(body: bytes, content_type: str) -> List[Tuple[str, bytes]]:
         raise HTTPException(422, "multipart/form-data without a boundary; let the client build the request (curl -F file=@digit.png).")
     parts: List[Part] = []
     callbacks = {
-        "on_part_begin": lambda: parts.append(Part()),
+        "on_part_begin": lambda: parts.append(Part()) if len(parts) <= MAX_PARTS else too_many(),
         "on_header_field": lambda data, start, end: parts[-1].name.extend(data[start:end]),
         "on_header_value": lambda data, start, end: parts[-1].value.extend(data[start:end]),
         "on_header_end": lambda: parts[-1].end_header(),
@@ -230,10 +235,13 @@ async def predict(request: Request) -> JSONResponse:
     is one image named "body"; multipart: each file). 422 when no image could be read, with "error"."""
     service: Service = request.app.state.service
     start_batching(service)
-    body = await read_body(request, service.max_body)
+    try:
+        body = await read_body(request, service.max_body)
+    except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to report
+        return Response(status_code=400)
     content_type = request.headers.get("content-type", "")
-    if content_type.lower().startswith("multipart/form-data"):
-        files = multipart_files(body, content_type)
+    if content_type.lower().startswith("multipart/form-data"):  # parsed off the event loop: a body can be 5 MB of parts
+        files = await anyio.to_thread.run_sync(multipart_files, body, content_type, limiter=service.decoders)
         if not files:
             raise HTTPException(422, "the multipart body holds no file; send images as file fields (curl -F file=@digit.png).")
     elif not body:

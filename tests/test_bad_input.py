@@ -104,6 +104,10 @@ PROCESS_MISTAKES = {
     "predict value out of range": (["predict", "run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
     "val_size too large": (["train", "data.limit=100", "data.val_size=100"], "data.val_size=100 leaves no training images"),
     "batch larger than data": (["train", "data.limit=100", "data.val_size=10", "batch_size=500"], "batch_size=500 is larger"),
+    "augmenting with augment off": (["train", "model=mlp", "dataset.augment.rotate=15"],
+                                    "dataset.augment.rotate does nothing while model.augment=false (mlp's default); add model.augment=true."),
+    "a file store for mlflow": (["train", "logger=mlflow", "logger.mlflow.tracking_uri=file:///tmp/mlruns"],
+                                "MLflow 3 no longer takes new file stores (got 'file:///tmp/mlruns')."),
 }
 if not torch.cuda.is_available():  # found when the device is resolved, after the config
     PROCESS_MISTAKES["cuda without a GPU"] = (["train", "device=cuda"], "no CUDA GPU is available")

@@ -172,3 +172,19 @@ def epochs_if_any(run: Path) -> list:
         return epochs(run)
     except (OSError, ValueError):
         return []
+
+
+@pytest.mark.slow
+def test_a_resumed_run_whose_mlflow_run_is_lost_starts_one_with_every_epoch(tmp_path, cli_env):
+    first = run_mnist("train", *TINY, "epochs=2", "logger=mlflow", cwd=tmp_path, env=cli_env)
+    assert first.returncode == 0, first.stderr
+    run = run_folder(first)
+    (run / "loggers.json").write_text("garbage{")
+    more = run_mnist("train", f"resume={run}", "epochs=3", cwd=tmp_path, env=cli_env)
+    assert more.returncode == 0, more.stderr
+    assert "does not name an MLflow run; this run's earlier MLflow history cannot be added to." in more.stderr
+    runs = mlflow_runs(tmp_path, "mnist")
+    assert len(runs) == 2
+    (new,) = [r for r in runs if r.info.run_id == json.loads((run / "loggers.json").read_text())["mlflow"]["run_id"]]
+    history = mlflow.MlflowClient().get_metric_history(new.info.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in history] == [(row["epoch"], row["val_accuracy"]) for row in epochs(run)]  # all 3

@@ -110,3 +110,20 @@ def test_save_inputs_on_hundreds_of_files_draws_the_first_100_and_says_so(traine
     assert "inputs.png shows the first 100 of 250 inputs." in result.stdout
     with Image.open(out / "inputs.png") as grid:
         assert grid.width <= 1400 and grid.height <= 2600  # 13 rows of 8; all 250 drew 32 rows, 5,000+ px tall
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_a_16_bit_or_float_image_is_scaled_not_clipped(mode, tmp_path):
+    from mnist_cli.images import prepare
+
+    ink = np.zeros((56, 56))
+    ink[10:46, 26:30] = 1.0  # a "1"
+    top = 1.0 if mode == "F" else 65535
+    wide = (0.9 - 0.6 * ink) * top  # dark ink on light paper, as a scanner's 16-bit grey file holds it
+    path = tmp_path / f"wide.{'png' if mode == 'I;16' else 'tiff'}"
+    image = Image.fromarray(wide.astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    assert image.mode == mode
+    image.save(path)
+    reference = tmp_path / "narrow.png"
+    Image.fromarray((wide / top * 255).round().astype(np.uint8), "L").save(reference)
+    assert np.array_equal(prepare(path, "mnist"), prepare(reference, "mnist"))  # the same as its 8-bit copy

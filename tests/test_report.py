@@ -227,15 +227,17 @@ def test_runs_that_differ_only_in_seed_are_one_row_with_mean_std_and_n(tmp_path,
         for seed, value in enumerate(values):
             make_run(tmp_path / f"{model}-{seed}", completed(value), [epoch_row(1, value)], [f"model={model}", f"seed={seed}"])
     make_run(tmp_path / "lone", completed(0.95), [epoch_row(1, 0.95)], ["model=lenet", "seed=0"])
+    make_run(tmp_path / "mlp-3", {"status": "failed", "error": "x"}, [epoch_row(1, 0.1)], ["model=mlp", "seed=3"])  # not averaged
     rows = report_json(tmp_path, env=env)
-    assert [(r["model"], r["seed"], r["n"]) for r in rows] == [("cnn", "0,1,2", 3), ("lenet", "0", 1), ("mlp", "0,1,2", 3)]
-    cnn, lone, mlp = rows
+    assert [(r["model"], r["seed"], r["n"], r["status"]) for r in rows] == [
+        ("cnn", "0,1,2", 3, "completed"), ("lenet", "0", 1, "completed"), ("mlp", "0,1,2", 3, "completed"), ("mlp", "3", 1, "failed")]
+    cnn, lone, mlp, _ = rows
     assert cnn["best_val_accuracy"] == pytest.approx(0.98) and cnn["best_val_accuracy_std"] == pytest.approx(0.01)  # sample std
     assert mlp["best_val_accuracy"] == pytest.approx(0.92) and mlp["best_val_accuracy_std"] == pytest.approx(0.02)
     assert cnn["run"] == "cnn-0,cnn-1,cnn-2" and cnn["seconds"] == 4.0 and cnn["seconds_std"] == 0.0
     assert (lone["best_val_accuracy"], lone["best_val_accuracy_std"]) == (0.95, 0.0)
     table = run_mnist("report", str(tmp_path), cwd=tmp_path, env=env)
     assert table.returncode == 0, table.stderr
-    assert "7 runs (3 rows" in table.stdout and "0.9800 ± 0.0100" in table.stdout and "0.9200 ± 0.0200" in table.stdout
+    assert "8 runs (4 rows" in table.stdout and "0.9800 ± 0.0100" in table.stdout and "0.9200 ± 0.0200" in table.stdout
     ungrouped = report_json(tmp_path, "group_seeds=false", env=env)
-    assert len(ungrouped) == 7 and "n" not in ungrouped[0]
+    assert len(ungrouped) == 8 and "n" not in ungrouped[0]
