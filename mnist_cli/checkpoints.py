@@ -110,6 +110,16 @@ class Trained:
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:
     """Load an mnist-cli checkpoint without running any pickled code; bad files raise UserError."""
+    unreadable = UserError(f"{path} is not a readable checkpoint (truncated or not a torch file).")
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(2)
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a checkpoint file.") from None
+    except OSError:
+        raise unreadable from None
+    if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):  # torch's zip format, or a bare pickle
+        raise unreadable  # an image or a text file: not a checkpoint at all, rather than "pickled code?"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except pickle.UnpicklingError:
@@ -117,7 +127,7 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not a checkpoint file.") from None
     except Exception:  # torch's reader fails on arbitrary bytes in many ways (KeyError for a text file)
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file).") from None
+        raise unreadable from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not an mnist-cli checkpoint.")
     if checkpoint.get("format_version", 0) > VERSION:

@@ -163,14 +163,15 @@ def test_predict_bad_files_get_their_own_rows(trained_run, workdir, cli_env, tmp
     assert "Traceback" not in some.stderr + none.stderr + none.stdout
 
 
-@pytest.mark.parametrize("case", ["missing run", "not a checkpoint", "a text file", "pickled code", "no train runs", "run not given",
-                                  "run= empty"])  # fmt: skip
+@pytest.mark.parametrize("case", ["missing run", "not a checkpoint", "a text file", "an image", "pickled code", "no train runs",
+                                  "run not given", "run= empty"])  # fmt: skip
 def test_eval_and_predict_refuse_bad_runs(case, trained_run, workdir, cli_env, tmp_path):
     marker = tmp_path / "code_ran"
     args = {
         "missing run": ["eval", f"run={tmp_path / 'nope'}"],
         "not a checkpoint": ["eval", f"run={tmp_path / 'junk.pt'}"],
         "a text file": ["eval", f"run={tmp_path / 'notes.txt'}"],  # torch's reader raised KeyError on it
+        "an image": ["predict", f"run={tmp_path / 'digit.png'}", "indices=[0]"],  # was called "pickled code?"
         "pickled code": ["predict", f"run={tmp_path / 'evil.pt'}", "indices=[0]"],
         "no train runs": ["eval", "run=latest"],
         "run not given": ["predict", "indices=[0]"],
@@ -178,6 +179,7 @@ def test_eval_and_predict_refuse_bad_runs(case, trained_run, workdir, cli_env, t
     }[case]
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
     (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "digit.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
     torch.save({"format": "mnist-cli-checkpoint", "model": Payload(marker)}, tmp_path / "evil.pt")
     before = sorted(p.name for p in trained_run.rglob("*"))
     result = run_mnist(*args, cwd=tmp_path if case == "no train runs" else workdir, env=cli_env)
@@ -185,5 +187,9 @@ def test_eval_and_predict_refuse_bad_runs(case, trained_run, workdir, cli_env, t
     assert result.stderr.startswith(f"mnist {args[0]}: ") and result.stderr.count("\n") == 1
     if case == "run= empty":
         assert "run= is empty" in result.stderr
+    if case in ("not a checkpoint", "a text file", "an image"):
+        assert "is not a readable checkpoint (truncated or not a torch file)." in result.stderr
+    if case == "pickled code":
+        assert "holds more than weights (pickled code?)" in result.stderr
     assert not marker.exists(), "loading the checkpoint ran its code"
     assert sorted(p.name for p in trained_run.rglob("*")) == before
