@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -99,16 +99,14 @@ def erase(images: torch.Tensor, chosen: torch.Tensor, hw: torch.Tensor, at: torc
     return images.masked_fill(mask, 0)
 
 
-def apply(augment: Augment, images: torch.Tensor, params: Dict[str, torch.Tensor], index: Optional[slice] = None) -> torch.Tensor:
-    """`images` (B, 28, 28) uint8 augmented with the rows `index` of the epoch's `params`
-    (index: which images of the epoch these are; a tensor of positions, or a slice)."""
-    pick = (lambda t: t) if index is None else (lambda t: t[index])
+def apply(augment: Augment, images: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """`images` (B, 28, 28) uint8 augmented with `params` (draw's, one row per image of the batch)."""
     if "shifts" in params:
-        images = shift_images(images, pick(params["shifts"]), augment.shift)
+        images = shift_images(images, params["shifts"], augment.shift)
     if "flip" in params:
-        images = torch.where(pick(params["flip"])[:, None, None], images.flip(-1), images)
+        images = torch.where(params["flip"][:, None, None], images.flip(-1), images)
     if "angle" in params:
-        images = rotate_and_zoom(images, pick(params["angle"]), pick(params["zoom"]))
+        images = rotate_and_zoom(images, params["angle"], params["zoom"])
     if "erase" in params:
-        images = erase(images, pick(params["erase"]), pick(params["erase_hw"]), pick(params["erase_at"]))
+        images = erase(images, params["erase"], params["erase_hw"], params["erase_at"])
     return images

@@ -178,11 +178,10 @@ def train_batches(
     order = torch.randperm(n, generator=generator).to(device)
     params = draw(augment, n, generator, device) if augment.active else {}
     for start in range(skip * batch_size, n, batch_size):
-        positions = torch.arange(start, min(start + batch_size, n), device=device)[rank::world_size]
-        idx = order[positions]
+        idx = order[start : start + batch_size][rank::world_size]
         images = split.images[idx]
-        if params:
-            images = apply(augment, images, params, positions)
+        if params:  # this batch's rows of the epoch's parameters: views, no copies
+            images = apply(augment, images, {k: v[start : start + batch_size][rank::world_size] for k, v in params.items()})
         yield images, split.labels[idx]
 
 

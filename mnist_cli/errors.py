@@ -11,3 +11,9 @@ class RunFailed(Exception):
 
 class WriteFailed(RunFailed):
     """A file could not be written (disk full, no permission); the previous version of it is kept."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): for one-line warnings."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from mnist_cli import runs
+from mnist_cli.errors import first_line
+from mnist_cli.paths import sqlite_file
 
 STATE_FILE = "loggers.json"  # in the run folder: {"mlflow": {"tracking_uri", "run_id"}}
 TB_FOLDER = "tb"
@@ -71,7 +73,7 @@ def known_mlflow_run(run_dir: Path) -> Optional[Dict[str, str]]:
         return None
     known = read_state(run_dir).get("mlflow")
     if isinstance(known, dict) and all(isinstance(known.get(k), str) for k in ("tracking_uri", "run_id")):
-        database = _sqlite_file(known["tracking_uri"])
+        database = sqlite_file(known["tracking_uri"])
         if database is None or database.exists():
             return known
         why = f"its MLflow store {database} is gone"
@@ -215,14 +217,9 @@ class MLflowLogger:
         self.client.set_terminated(self.run_id, "FAILED")
 
 
-def _sqlite_file(tracking_uri: str) -> Optional[Path]:
-    prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
-
-
 def _lock_of(tracking_uri: str) -> Optional[Path]:
     """A lock file beside a SQLite tracking database (its first use creates the tables), else None."""
-    database = _sqlite_file(tracking_uri)
+    database = sqlite_file(tracking_uri)
     return None if database is None else database.with_name(database.name + ".lock")
 
 
@@ -273,8 +270,7 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
     MLflow), cut at `limit` characters (a server's error can be a page long)."""
     while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
         error = error.__cause__ or error.__context__
-    text = str(error).strip()
-    line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    line = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 

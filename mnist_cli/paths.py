@@ -1,9 +1,11 @@
-"""Where mnist-cli keeps files of its own: the per-user cache and the default dataset folder."""
+"""Where mnist-cli keeps files of its own (the per-user cache, the default dataset folder), and the file behind
+a SQLite URL (the Optuna studies and the MLflow store)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 
 def cache_dir() -> str:
@@ -14,3 +16,11 @@ def cache_dir() -> str:
 def default_data_root() -> str:
     """Return $MNIST_DATA_ROOT if set, else the per-user cache folder for datasets."""
     return os.environ.get("MNIST_DATA_ROOT") or str(Path(cache_dir()) / "data")
+
+
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of a `sqlite:///path` URL; None for any other URL and for an in-memory database."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix) :].split("?")[0] not in ("", ":memory:"):
+        return Path(url[len(prefix) :])
+    return None

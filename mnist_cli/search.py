@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cli import leaderboard, runs
 from mnist_cli.metrics import optimization_direction
 from mnist_cli.config import composition_problem, quoted_value
-from mnist_cli.errors import WriteFailed
+from mnist_cli.errors import WriteFailed, first_line
 from mnist_cli.study_trial import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
 
 say = logging.getLogger(__name__).info  # the sweep's own lines, as Hydra's launchers write theirs
@@ -33,12 +33,6 @@ def refuse(sentence: str) -> None:
     """A mistake in the sweep's settings: one sentence, exit 2, before any trial runs."""
     print(f"mnist train: {sentence}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type when it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_cli.paths import sqlite_file
+
 HEARTBEAT_SECONDS = 30
 STALE_SECONDS = 300
 # trial user attributes (shown by optuna-dashboard too)
@@ -43,18 +45,12 @@ def default_location(outputs_dir: str, study_name: str) -> str:
     return f"{SQLITE}{Path(outputs_dir).resolve() / 'optuna' / f'{study_name}.db'}"
 
 
-def _sqlite_file(location: str) -> Optional[Path]:
-    if location.startswith(SQLITE) and location[len(SQLITE) :].split("?")[0] not in ("", ":memory:"):
-        return Path(location[len(SQLITE) :])
-    return None
-
-
 def absolute_location(location: str) -> str:
     """`location` with a relative SQLite or journal file made absolute: jobs may run elsewhere.
     Raises ValueError for an in-memory database, which the jobs could not reach."""
-    if location.startswith("sqlite:") and _sqlite_file(location) is None:
+    if location.startswith("sqlite:") and sqlite_file(location) is None:
         raise ValueError("an in-memory SQLite database cannot be shared with the trials' jobs; give a file, e.g. sqlite:///study.db")
-    database = _sqlite_file(location)
+    database = sqlite_file(location)
     if database is not None:
         return f"{SQLITE}{database.resolve()}"
     return location if "://" in location else str(Path(location).resolve())
@@ -80,7 +76,7 @@ def open_storage(location: str) -> optuna.storages.BaseStorage:
 
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(location))
-    database = _sqlite_file(location)
+    database = sqlite_file(location)
     engine = {}
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +86,7 @@ def open_storage(location: str) -> optuna.storages.BaseStorage:
 
 def lock_path(location: str) -> Optional[Path]:
     """The file a worker locks while it counts and asks; None for a database server (no shared file)."""
-    database = _sqlite_file(location)
+    database = sqlite_file(location)
     if database is not None:
         return database.with_name(database.name + ".lock")
     return None if "://" in location else Path(location + ".ask.lock")

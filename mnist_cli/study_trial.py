@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from mnist_cli.errors import first_line
+
 # set for each trial's job by the sweep (search.job_overrides, through hydra.job.env_set)
 ENV_STORAGE, ENV_STUDY, ENV_TRIAL = "MNIST_OPTUNA_STORAGE", "MNIST_OPTUNA_STUDY", "MNIST_OPTUNA_TRIAL_ID"
 
 
 def _warn(error: Exception) -> None:
-    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    print(f"warning: the Optuna study could not be reached ({line}); this trial trains to its end, unpruned.", file=sys.stderr)
+    print(f"warning: the Optuna study could not be reached ({first_line(error)}); this trial trains to its end, unpruned.",
+          file=sys.stderr)  # fmt: skip
 
 
 @dataclass
