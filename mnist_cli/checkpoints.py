@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 import mnist_cli
 from mnist_cli import metrics, runs
 from mnist_cli.errors import UserError
-from mnist_cli.models import build_model
+from mnist_cli.models import build_model, for_inference
 from mnist_cli.optim import load_optimizer_state
 
 FORMAT = "mnist-cli-checkpoint"
 # 2: adds "history", "overrides" and "wall_seconds"; the scheduler is rebuilt on resume, not stored
-VERSION = 2
+# 3: adds "ema" and "inference_weights" (which of "model" and "ema" eval, predict and export load)
+VERSION = 3
 
 
 def versions() -> Dict[str, str]:
@@ -38,9 +39,12 @@ def versions() -> Dict[str, str]:
 
 
 def snapshot(model, optimizer, state: runs.RunState, partial: Optional[Tuple], config: Dict, classes: List[str],
-             normalization: Dict[str, float], wall_seconds: float) -> Dict[str, Any]:
+             normalization: Dict[str, float], wall_seconds: float, ema=None) -> Dict[str, Any]:
     """The checkpoint of a run at `state`: enough to continue it exactly (`partial`: the running
-    loss sum and correct count of a half-done epoch), and to use the model on its own."""
+    loss sum and correct count of a half-done epoch), and to use the model on its own. With an
+    `ema` (ema.WeightAverage), "ema" holds the averaged weights, and "inference_weights" says which
+    of "model" and "ema" won the last validation: those are the weights eval, predict and export load."""
+    ema_won = ema is not None and bool(state.history) and state.history[-1].get("weights") == "ema"
     return {
         "format": FORMAT,
         "format_version": VERSION,
@@ -48,6 +52,8 @@ def snapshot(model, optimizer, state: runs.RunState, partial: Optional[Tuple], c
         "step": state.step,
         "partial": None if partial is None else tuple(t.detach().cpu() for t in partial),
         "model": model.state_dict(),
+        "ema": None if ema is None else ema.state_dict(),
+        "inference_weights": "ema" if ema_won else "model",
         "optimizer": optimizer.state_dict(),
         "metrics": state.history[-1] if state.history else {},
         "history": state.history,
@@ -79,12 +85,14 @@ def state_of(checkpoint: Dict[str, Any], run_dir: Path, overrides: List[str]) ->
     return state
 
 
-def restore(checkpoint: Dict[str, Any], model, optimizer, device: torch.device, carries_sums: bool) -> Optional[Tuple]:
-    """Put the weights, the optimizer's per-parameter state and the RNGs back as `checkpoint` has
-    them (the lr schedule is rebuilt by the caller). Returns the running sums of a half-done epoch
+def restore(checkpoint: Dict[str, Any], model, optimizer, device: torch.device, carries_sums: bool, ema=None) -> Optional[Tuple]:
+    """Put the weights (and their moving average), the optimizer's per-parameter state and the RNGs
+    back as `checkpoint` has them (the lr schedule is rebuilt by the caller). Returns the running sums of a half-done epoch
     on `device` (zeros where `carries_sums` is false: under torchrun the main process carries
     them), or None at an epoch boundary."""
     model.load_state_dict(checkpoint["model"])
+    if ema is not None:
+        ema.load_state_dict(checkpoint["ema"])
     load_optimizer_state(optimizer, checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
@@ -96,7 +104,8 @@ def restore(checkpoint: Dict[str, Any], model, optimizer, device: torch.device, 
 
 @dataclass
 class Trained:
-    """A loaded checkpoint: the model (eval mode, on `device`) and what it was trained with."""
+    """A loaded checkpoint: the model (eval mode, on `device`; flip-averaged where its dataset.test_time_flip
+    says so) and what it was trained with."""
 
     model: torch.nn.Module
     config: DictConfig
@@ -150,9 +159,9 @@ def load_trained(run: str, outputs_dir: str, device: torch.device) -> Trained:
     config = OmegaConf.create(checkpoint["config"])
     model = build_model(config.model, num_classes=len(checkpoint["classes"]))
     try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, KeyError):
+        model.load_state_dict(checkpoint[checkpoint.get("inference_weights", "model")])
+    except (RuntimeError, KeyError, TypeError):
         raise UserError(f"{path}: the weights do not fit the {config.model.name} model its config describes.") from None
-    model.to(device).eval()
+    model = for_inference(model, config.dataset).to(device).eval()
     norm = checkpoint["normalization"]
     return Trained(model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, runs.run_dir_of(path), checkpoint)

@@ -7,6 +7,7 @@ Imports only hydra/omegaconf, never torch: `mnist train --help` and `--cfg job` 
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ class DatasetConfig:
     mean: float = MISSING
     std: float = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    test_time_flip: bool = MISSING  # evaluate and predict on each image and its mirror, averaging the logits
 
 
 @dataclass
@@ -57,6 +59,7 @@ class MLPConfig:
 class CNNConfig:
     name: str = MISSING
     channels: List[int] = MISSING
+    convs_per_block: int = MISSING
     hidden: int = MISSING
     dropout: float = MISSING
     augment: bool = MISSING
@@ -197,6 +200,7 @@ class TrainConfig:
     channels_last: bool = MISSING  # memory layout for conv nets
     precision: str = MISSING  # fp32 | bf16 (autocast for forward passes; weights and optimizer stay fp32)
     label_smoothing: float = MISSING  # of the training loss (validation and test losses stay plain cross-entropy)
+    ema_decay: Optional[float] = MISSING  # keep a moving average of the weights (ema.py); null: none
     threads: Optional[int] = MISSING  # torch CPU threads; null: torch's default, or cores / parallel jobs
     optimized_metric: str = MISSING  # what train returns to a sweeper, from summary.json
     outputs_dir: str = MISSING
@@ -324,7 +328,8 @@ def compose(command: str, overrides: Sequence[str] = (), with_hydra: bool = Fals
 NOT_FILLED_ON_RESUME = ("optimizer.fused",)
 # ... or with the value it ran with: before dataset.augment, model.augment meant 2-pixel shifts on every
 # dataset (FashionMNIST's default is no shifts now)
-FILLED_AS_BEFORE = {"dataset.augment": {"shift": 2, "flip": False, "rotate": 0.0, "scale": 0.0, "erase": 0.0}}
+FILLED_AS_BEFORE = {"dataset.augment": {"shift": 2, "flip": False, "rotate": 0.0, "scale": 0.0, "erase": 0.0},
+                    "dataset.test_time_flip": False}
 
 
 def defaults_for(stored: Dict[str, Any]) -> DictConfig:
@@ -351,7 +356,7 @@ def defaults_for(stored: Dict[str, Any]) -> DictConfig:
     for key, before in FILLED_AS_BEFORE.items():
         section, name = key.split(".")
         if isinstance(values[section], dict):
-            values[section][name] = dict(before)
+            values[section][name] = copy.deepcopy(before)
     return OmegaConf.create(values)
 
 
@@ -543,6 +548,7 @@ def _validate_train(cfg: DictConfig, need) -> None:
     need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)")
+    need(cfg.ema_decay is None or 0 < cfg.ema_decay < 1, "ema_decay", "null or in (0, 1), e.g. 0.999")
     aug = cfg.dataset.augment
     need(0 <= aug.shift <= 8, "dataset.augment.shift", "0 to 8 pixels")
     need(0 <= aug.rotate <= 180, "dataset.augment.rotate", "0 to 180 degrees")
@@ -571,6 +577,7 @@ def _validate_train(cfg: DictConfig, need) -> None:
         need(model.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}")
     if "channels" in model:
         need(len(model.channels) == 3 and all(c >= 1 for c in model.channels), "model.channels", "three positive channel counts")
+        need(1 <= model.get("convs_per_block", 1) <= 4, "model.convs_per_block", "1 to 4")
     if model.name == "cnn":
         need(model.hidden >= 1, "model.hidden", "at least 1")
 

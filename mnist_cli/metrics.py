@@ -67,7 +67,8 @@ def write_epochs(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv with `rows`, each atomically."""
     jsonl, csv_path = files(run_dir)
     runs.write_jsonl(jsonl, rows)
-    runs.write_csv(csv_path, rows, EPOCH_COLUMNS)
+    extra = [key for key in (rows[0] if rows else {}) if key not in EPOCH_COLUMNS]  # ema_decay's columns
+    runs.write_csv(csv_path, rows, EPOCH_COLUMNS + tuple(extra))
 
 
 _reported: Set[str] = set()

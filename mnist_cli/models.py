@@ -41,17 +41,15 @@ def mlp(cfg, num_classes: int) -> nn.Module:
 
 
 def cnn(cfg, num_classes: int) -> nn.Module:
-    """Three blocks of conv 3x3 -> batch norm -> ReLU -> max pool (28 -> 14 -> 7 -> 3), then a small head."""
+    """Three blocks of (conv 3x3 -> batch norm -> ReLU) x convs_per_block -> max pool (28 -> 14 -> 7
+    -> 3), then a small head."""
     layers: List[nn.Module] = []
     in_channels = 1
     for out_channels in cfg.channels:
-        layers += [
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        ]
-        in_channels = out_channels
+        for _ in range(cfg.get("convs_per_block", 1)):  # runs from before the key: one
+            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            in_channels = out_channels
+        layers.append(nn.MaxPool2d(2))
     layers += [
         nn.Flatten(),
         ByteMaskDropout(cfg.dropout),
@@ -75,6 +73,23 @@ def lenet(cfg, num_classes: int) -> nn.Module:
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "lenet": lenet}
+
+
+class FlipAveraged(nn.Module):
+    """Test-time flip: the mean of the model's logits for each image and its left-right mirror."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
+def for_inference(model: nn.Module, dataset_cfg) -> nn.Module:
+    """The model as evaluation and prediction run it: flip-averaged when dataset.test_time_flip says
+    so (runs from before the key existed: plain)."""
+    return FlipAveraged(model) if dataset_cfg.get("test_time_flip", False) else model
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:

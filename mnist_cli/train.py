@@ -25,10 +25,11 @@ from mnist_cli.augment import from_config
 from mnist_cli.data import Split, TrainData, batches_per_epoch, epoch_generator, eval_batches, load_train_data, normalize, train_batches
 from mnist_cli.devices import resolve_device
 from mnist_cli.distributed import World, all_sum, any_true
+from mnist_cli.ema import WeightAverage
 from mnist_cli.errors import RunFailed
 from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.loggers import Loggers, start_loggers
-from mnist_cli.models import build_model, count_parameters, layer_summary
+from mnist_cli.models import build_model, count_parameters, for_inference, layer_summary
 from mnist_cli.optim import build_optimizer, scheduler_at
 from mnist_cli.study_trial import StudyTrial
 from mnist_cli.runs import RunState
@@ -59,6 +60,7 @@ class Run:
     config: Optional[Dict[str, Any]] = None  # cfg resolved to plain data, as checkpoints store it
     started: float = 0.0  # perf_counter() when this process started the run
     loggers: Loggers = field(default_factory=Loggers)  # TensorBoard, MLflow (rank 0 only)
+    ema: Optional[WeightAverage] = None  # the moving average of the weights (ema_decay), or None
 
     @property
     def last(self) -> Path:
@@ -74,7 +76,7 @@ class Run:
         if self.world.is_main and self.run_dir is not None:
             normalization = {"mean": self.data.mean, "std": self.data.std}
             snapshot = checkpoints.snapshot(self.model, self.optimizer, state, totals, self.config, self.data.classes,
-                                            normalization, self.wall(state))  # fmt: skip
+                                            normalization, self.wall(state), self.ema)  # fmt: skip
             checkpoints.save(self.last, snapshot)
 
     def finish(self, state: RunState, status: str, resumed_with: List[str]) -> Dict:
@@ -117,6 +119,8 @@ def train_one_epoch(run: Run, state: RunState, scheduler, stop: StopRequest, sum
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if run.ema is not None:
+                run.ema.update(state.epoch * steps + step)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             if run.loggers.wants_step(state.epoch * steps + step):  # a host sync, every N steps only
@@ -150,6 +154,20 @@ def evaluate(model, split: Split, data: TrainData, cfg, world: World = World()) 
         correct += (logits.argmax(1) == labels).sum()
     all_sum(loss_sum, world), all_sum(correct, world)
     return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+def validation(run: Run) -> Dict[str, Any]:
+    """The epoch's validation numbers. With ema_decay, both the trained weights and their average
+    are measured, and val_loss / val_accuracy are those of the better one (`weights`), which is
+    what best.pt, eval, predict and export then use."""
+    cfg, data = run.cfg, run.data
+    loss, accuracy = evaluate(for_inference(run.model, cfg.dataset), data.val, data, cfg, run.world)
+    if run.ema is None:
+        return {"val_loss": loss, "val_accuracy": accuracy}
+    ema_loss, ema_accuracy = evaluate(for_inference(run.ema.model, cfg.dataset), data.val, data, cfg, run.world)
+    ema_wins = accuracy is None or ema_accuracy > accuracy  # no validation split: the average
+    return {"val_loss": ema_loss if ema_wins else loss, "val_accuracy": ema_accuracy if ema_wins else accuracy,
+            "trained_val_accuracy": accuracy, "ema_val_accuracy": ema_accuracy, "weights": "ema" if ema_wins else "trained"}
 
 
 def chance_level(data: TrainData) -> Tuple[float, int]:
@@ -240,11 +258,12 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
     # the schedule of a run this long, at the step the run has reached (raised epochs stretch it)
     scheduler = scheduler_at(optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs, state.epoch * steps_per_epoch + state.step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     params = count_parameters(model)
     facts = {"parameters": params, "device": str(device), "threads": torch.get_num_threads(), "versions": checkpoints.versions(),
              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
              "started_at": started_at}  # fmt: skip
-    run = Run(cfg, model, net, optimizer, data, world, run_dir, facts, OmegaConf.to_container(cfg, resolve=True), started)
+    run = Run(cfg, model, net, optimizer, data, world, run_dir, facts, OmegaConf.to_container(cfg, resolve=True), started, ema=ema)
 
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
@@ -265,7 +284,7 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
 
     sums = None
     if resume_state is not None:
-        sums = checkpoints.restore(resume_state, model, optimizer, device, carries_sums=main)
+        sums = checkpoints.restore(resume_state, model, optimizer, device, carries_sums=main, ema=ema)
     if resumed:
         if main:  # metrics files as the checkpoint knows them: no torn line, no epoch twice
             metrics.write_epochs(run_dir, state.history)
@@ -282,10 +301,9 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
             train_loss, train_accuracy = result
             if not math.isfinite(train_loss):
                 raise diverged(run, state, train_loss, resumed_with)
-            val_loss, val_accuracy = evaluate(model, data.val, data, cfg, world)
-            row = {"epoch": state.epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy, "val_loss": val_loss,
-                   "val_accuracy": val_accuracy, "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": round(time.perf_counter() - epoch_start, 3)}  # fmt: skip
+            row = {"epoch": state.epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                   **validation(run), "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
+            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
             console.say(console.epoch_line(row, cfg.epochs))
             is_best = state.record(row, cfg.early_stopping.min_delta)
             if main:

@@ -33,6 +33,7 @@ CONFIG_MISTAKES = {
                                           "early_stopping.patience must be null when data.val_size=0"),  # fmt: skip
     "bad device name": ("train", ["device=tpu"], "device must be one of"),
     "unknown precision": ("train", ["precision=fp16"], "precision must be one of fp32, bf16"),
+    "EMA decay of 1": ("train", ["ema_decay=1"], "ema_decay must be null or in (0, 1)"),
     "unknown optimized metric": ("train", ["optimized_metric=best.val_acc"], "optimized_metric must be one of"),
     "removed required key": ("train", ["~seed"], "needs seed"),
     "unknown key added": ("train", ["+epochz=3"], "did you mean epochs?"),

@@ -114,7 +114,7 @@ def test_shuffle_is_a_function_of_seed_and_epoch():
 
 def test_speedrun_preset_overrides_the_defaults_and_yields_to_the_command_line():
     cfg = compose_train("experiment=speedrun_cpu")
-    assert (cfg.model.name, cfg.epochs, cfg.optimizer.lr, cfg.device, cfg.precision) == ("cnn", 3, 0.004, "cpu", "bf16")
+    assert (cfg.model.name, cfg.epochs, cfg.optimizer.lr, cfg.model.augment, cfg.device, cfg.precision) == ("cnn", 1, 0.008, False, "cpu", "bf16")
     gpu = compose_train("experiment=speedrun")
     assert (gpu.model.channels, gpu.model.augment, gpu.batch_size, gpu.device) == ([32, 64, 128], False, 512, "cuda")
     assert compose_train("experiment=speedrun_cpu", "epochs=5").epochs == 5
