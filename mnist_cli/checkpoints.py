@@ -162,6 +162,6 @@ def load_trained(run: str, outputs_dir: str, device: torch.device) -> Trained:
         model.load_state_dict(checkpoint[checkpoint.get("inference_weights", "model")])
     except (RuntimeError, KeyError, TypeError):
         raise UserError(f"{path}: the weights do not fit the {config.model.name} model its config describes.") from None
-    model = for_inference(model, config.dataset).to(device).eval()
+    model = for_inference(model, config).to(device).eval()
     norm = checkpoint["normalization"]
     return Trained(model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, runs.run_dir_of(path), checkpoint)

@@ -382,9 +382,13 @@ def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:
         raise UserError(f"~{removed[0]}: mnist {command} needs {removed[0]}; give it another value instead of removing it.")
     if command == "train":
         refuse_unknown_keys(cfg, [o.key_or_group for o in parsed if o.is_add() or o.is_force_add()])
-        unused = [o.key_or_group for o in parsed if o.key_or_group.startswith("dataset.augment.")]
+        given = [o.key_or_group for o in parsed]
+        unused = [key for key in given if key.startswith("dataset.augment.") or key == "dataset.test_time_flip"]
         if unused and not OmegaConf.select(cfg, "model.augment", default=True):
             raise UserError(f"{unused[0]} does nothing while model.augment=false ({cfg.model.name}'s default); add model.augment=true.")
+        if "dataset.test_time_flip" in given and cfg.dataset.test_time_flip and not cfg.dataset.augment.flip:
+            raise UserError("dataset.test_time_flip=true does nothing for a model that does not train on mirrored images; "
+                            "add dataset.augment.flip=true.")  # fmt: skip
     try:
         validate(cfg, command)
     except OmegaConfBaseException as error:  # a key the checks need is missing or mistyped

@@ -86,10 +86,15 @@ class FlipAveraged(nn.Module):
         return (self.model(x) + self.model(x.flip(-1))) / 2
 
 
-def for_inference(model: nn.Module, dataset_cfg) -> nn.Module:
-    """The model as evaluation and prediction run it: flip-averaged when dataset.test_time_flip says
-    so (runs from before the key existed: plain)."""
-    return FlipAveraged(model) if dataset_cfg.get("test_time_flip", False) else model
+def for_inference(model: nn.Module, cfg) -> nn.Module:
+    """The model as evaluation and prediction run it under the run config `cfg`: flip-averaged when
+    dataset.test_time_flip is true and the model trained on mirrored images (model.augment with
+    dataset.augment.flip); plain otherwise, as for runs from before the key existed."""
+    return FlipAveraged(model) if trained_on_mirrors(cfg) and cfg.dataset.get("test_time_flip", False) else model
+
+
+def trained_on_mirrors(cfg) -> bool:
+    return bool(cfg.model.get("augment", False) and (cfg.dataset.get("augment") or {}).get("flip", False))
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:

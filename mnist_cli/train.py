@@ -161,10 +161,10 @@ def validation(run: Run) -> Dict[str, Any]:
     are measured, and val_loss / val_accuracy are those of the better one (`weights`), which is
     what best.pt, eval, predict and export then use."""
     cfg, data = run.cfg, run.data
-    loss, accuracy = evaluate(for_inference(run.model, cfg.dataset), data.val, data, cfg, run.world)
+    loss, accuracy = evaluate(for_inference(run.model, cfg), data.val, data, cfg, run.world)
     if run.ema is None:
         return {"val_loss": loss, "val_accuracy": accuracy}
-    ema_loss, ema_accuracy = evaluate(for_inference(run.ema.model, cfg.dataset), data.val, data, cfg, run.world)
+    ema_loss, ema_accuracy = evaluate(for_inference(run.ema.model, cfg), data.val, data, cfg, run.world)
     ema_wins = accuracy is None or ema_accuracy > accuracy  # no validation split: the average
     return {"val_loss": ema_loss if ema_wins else loss, "val_accuracy": ema_accuracy if ema_wins else accuracy,
             "trained_val_accuracy": accuracy, "ema_val_accuracy": ema_accuracy, "weights": "ema" if ema_wins else "trained"}

@@ -34,6 +34,9 @@ CONFIG_MISTAKES = {
     "bad device name": ("train", ["device=tpu"], "device must be one of"),
     "unknown precision": ("train", ["precision=fp16"], "precision must be one of fp32, bf16"),
     "EMA decay of 1": ("train", ["ema_decay=1"], "ema_decay must be null or in (0, 1)"),
+    "test-time flip without flips": ("train", ["dataset.test_time_flip=true"], "add dataset.augment.flip=true"),
+    "test-time flip for an mlp": ("train", ["dataset=fashion_mnist", "model=mlp", "dataset.test_time_flip=true"],
+                                  "dataset.test_time_flip does nothing while model.augment=false"),  # fmt: skip
     "unknown optimized metric": ("train", ["optimized_metric=best.val_acc"], "optimized_metric must be one of"),
     "removed required key": ("train", ["~seed"], "needs seed"),
     "unknown key added": ("train", ["+epochz=3"], "did you mean epochs?"),

@@ -108,10 +108,14 @@ def test_the_default_train_config_is_what_the_readme_says():
 def test_a_resumed_run_gets_the_values_of_keys_added_since_from_its_own_options():
     stored = OmegaConf.to_container(compose("train", ["model=mlp", "optimizer=sgd", "dataset=fashion_mnist"]))
     del stored["precision"], stored["optimizer"]["fused"], stored["model"]["dropout"]  # as an older mnist-cli wrote it
-    del stored["dataset"]["augment"]
+    del stored["dataset"]["augment"], stored["dataset"]["test_time_flip"], stored["ema_decay"]
     filled = OmegaConf.merge(defaults_for(stored), stored)
     assert filled.precision == "fp32" and filled.model.dropout == 0.2  # mlp's dropout, not the default cnn's 0.25
     assert filled.dataset.augment.shift == 2  # the shifts it trained with, not FashionMNIST's default today
+    assert filled.dataset.augment.flip is False and filled.dataset.test_time_flip is False and filled.ema_decay is None
+    cnn = OmegaConf.to_container(compose("train", ["model=cnn"]))
+    del cnn["model"]["convs_per_block"]
+    assert OmegaConf.merge(defaults_for(cnn), cnn).model.convs_per_block == 1  # the cnn it was
     stored["dataset"]["augment"] = {"shift": 1, "flip": True, "rotate": 0.0, "scale": 0.0, "erase": 0.0}
     assert OmegaConf.merge(defaults_for(stored), stored).dataset.augment.shift == 1  # a run that has the key keeps it
     assert "fused" not in filled.optimizer  # it trained with torch's default implementation, and goes on so

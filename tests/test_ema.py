@@ -47,18 +47,25 @@ def test_the_average_is_its_own_copy_and_never_trains():
     assert all(a.data_ptr() != p.data_ptr() for a, p in zip(average.model.parameters(), model.parameters()))
 
 
+def run_config(test_time_flip=None, flip=True, augment=True):
+    dataset = {"name": "fashion_mnist", "augment": {"flip": flip}} | ({} if test_time_flip is None else {"test_time_flip": test_time_flip})
+    return OmegaConf.create({"dataset": dataset, "model": {"name": "cnn", "augment": augment}})
+
+
 def test_test_time_flip_gives_an_image_and_its_mirror_the_same_logits():
     torch.manual_seed(0)
     model = build_model(CNN, 10).eval()
     images = torch.randn(5, 1, 28, 28)
-    flipped = for_inference(model, OmegaConf.create({"test_time_flip": True}))
+    flipped = for_inference(model, run_config(test_time_flip=True))
     assert isinstance(flipped, FlipAveraged)
     assert torch.allclose(flipped(images), flipped(images.flip(-1)), atol=1e-5)
     assert torch.allclose(flipped(images), (model(images) + model(images.flip(-1))) / 2)
     assert not torch.allclose(model(images), model(images.flip(-1)), atol=1e-3)  # the plain model does not
 
 
-def test_without_the_key_or_with_false_the_model_is_used_as_it_is():
+def test_only_a_model_trained_on_mirrored_images_is_flip_averaged():
     model = build_model(CNN, 10)
-    assert for_inference(model, OmegaConf.create({"test_time_flip": False})) is model
-    assert for_inference(model, OmegaConf.create({"name": "mnist"})) is model  # a run from before the key existed
+    assert for_inference(model, run_config(test_time_flip=False)) is model
+    assert for_inference(model, run_config(test_time_flip=True, flip=False)) is model
+    assert for_inference(model, run_config(test_time_flip=True, augment=False)) is model  # mlp: no augmentation at all
+    assert for_inference(model, run_config()) is model  # a run from before the key existed
