@@ -91,7 +91,7 @@ def restore(checkpoint: Dict[str, Any], model, optimizer, device: torch.device, 
     on `device` (zeros where `carries_sums` is false: under torchrun the main process carries
     them), or None at an epoch boundary."""
     model.load_state_dict(checkpoint["model"])
-    if ema is not None:
+    if ema is not None:  # resume.continue_run checked that the checkpoint has it
         ema.load_state_dict(checkpoint["ema"])
     load_optimizer_state(optimizer, checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"]["torch"])

@@ -383,10 +383,12 @@ def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:
     if command == "train":
         refuse_unknown_keys(cfg, [o.key_or_group for o in parsed if o.is_add() or o.is_force_add()])
         given = [o.key_or_group for o in parsed]
-        unused = [key for key in given if key.startswith("dataset.augment.") or key == "dataset.test_time_flip"]
+        flip_asked = "dataset.test_time_flip" in given and OmegaConf.select(cfg, "dataset.test_time_flip") is True  # false is harmless
+        unused = [key for key in given if key.startswith("dataset.augment.")] + (["dataset.test_time_flip"] if flip_asked else [])
         if unused and not OmegaConf.select(cfg, "model.augment", default=True):
-            raise UserError(f"{unused[0]} does nothing while model.augment=false ({cfg.model.name}'s default); add model.augment=true.")
-        if "dataset.test_time_flip" in given and cfg.dataset.test_time_flip and not cfg.dataset.augment.flip:
+            whose = f" ({cfg.model.name}'s default)" if "model.augment" not in given else ""
+            raise UserError(f"{unused[0]} does nothing while model.augment=false{whose}; add model.augment=true.")
+        if flip_asked and not cfg.dataset.augment.flip:
             raise UserError("dataset.test_time_flip=true does nothing for a model that does not train on mirrored images; "
                             "add dataset.augment.flip=true.")  # fmt: skip
     try:

@@ -99,6 +99,9 @@ def continue_run(cfg: DictConfig, overrides: List[str]) -> Continuation:
     if OmegaConf.missing_keys(config):  # .hydra/config.yaml cut short: Hydra does not write it atomically
         raise UserError(f"{folder / '.hydra' / 'config.yaml'} is incomplete (the run was stopped while it was written); "
                         "start the run again instead of resuming it.")  # fmt: skip
+    if state is not None and config.get("ema_decay") is not None and not isinstance(state.get("ema"), dict):
+        raise UserError(f"{path} has no moving average of the weights although its config has ema_decay={config.ema_decay}; "
+                        "it cannot be continued exactly (start the run again).")  # fmt: skip
     if state is not None and (config.epochs < state["epoch"] or (config.epochs == state["epoch"] and state["step"] == 0)):
         raise UserError(f"the run already finished {state['epoch']} epochs; raise epochs= to train longer.")
     return Continuation(config, state, _original_overrides(folder, state))

@@ -36,7 +36,9 @@ CONFIG_MISTAKES = {
     "EMA decay of 1": ("train", ["ema_decay=1"], "ema_decay must be null or in (0, 1)"),
     "test-time flip without flips": ("train", ["dataset.test_time_flip=true"], "add dataset.augment.flip=true"),
     "test-time flip for an mlp": ("train", ["dataset=fashion_mnist", "model=mlp", "dataset.test_time_flip=true"],
-                                  "dataset.test_time_flip does nothing while model.augment=false"),  # fmt: skip
+                                  "dataset.test_time_flip does nothing while model.augment=false (mlp's default)"),  # fmt: skip
+    "test-time flip, augmentation off": ("train", ["dataset=fashion_mnist", "model.augment=false", "dataset.test_time_flip=true"],
+                                         "dataset.test_time_flip does nothing while model.augment=false; add"),  # fmt: skip
     "unknown optimized metric": ("train", ["optimized_metric=best.val_acc"], "optimized_metric must be one of"),
     "removed required key": ("train", ["~seed"], "needs seed"),
     "unknown key added": ("train", ["+epochz=3"], "did you mean epochs?"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
+from conftest import run_mnist
 from mnist_cli.ema import WeightAverage
 from mnist_cli.models import FlipAveraged, build_model, for_inference
 
@@ -69,3 +70,26 @@ def test_only_a_model_trained_on_mirrored_images_is_flip_averaged():
     assert for_inference(model, run_config(test_time_flip=True, flip=False)) is model
     assert for_inference(model, run_config(test_time_flip=True, augment=False)) is model  # mlp: no augmentation at all
     assert for_inference(model, run_config()) is model  # a run from before the key existed
+
+
+def test_a_checkpoint_that_lost_its_average_is_refused_on_resume_in_one_sentence_and_left_as_it_is(tmp_path, cli_env):
+    trained = run_mnist("train", "model=lenet", "data.limit=120", "data.val_size=20", "batch_size=50", "epochs=1",
+                        "device=cpu", "ema_decay=0.9", cwd=tmp_path, env=cli_env)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    last = tmp_path / trained.stdout.strip().splitlines()[-1] / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert set(checkpoint["ema"]) == set(checkpoint["model"])  # the average is saved beside the weights
+    del checkpoint["ema"]  # as a hand-edited or foreign file might have it
+    torch.save(checkpoint, last)
+    before = last.read_bytes()
+    resumed = run_mnist("train", f"resume={last.parent.parent}", "epochs=2", cwd=tmp_path, env=cli_env)
+    assert resumed.returncode == 2
+    assert "has no moving average of the weights" in resumed.stderr and "Traceback" not in resumed.stderr
+    assert last.read_bytes() == before
+
+
+def test_turning_test_time_flip_off_is_accepted_for_any_model():
+    from mnist_cli.config import check_config, compose
+
+    overrides = ["dataset=fashion_mnist", "model=mlp", "dataset.test_time_flip=false"]  # e.g. one job of a sweep over models
+    check_config(compose("train", overrides), "train", overrides)
