@@ -87,9 +87,9 @@ def state_of(checkpoint: Dict[str, Any], run_dir: Path, overrides: List[str]) ->
 
 def restore(checkpoint: Dict[str, Any], model, optimizer, device: torch.device, carries_sums: bool, ema=None) -> Optional[Tuple]:
     """Put the weights (and their moving average), the optimizer's per-parameter state and the RNGs
-    back as `checkpoint` has them (the lr schedule is rebuilt by the caller). Returns the running sums of a half-done epoch
-    on `device` (zeros where `carries_sums` is false: under torchrun the main process carries
-    them), or None at an epoch boundary."""
+    back as `checkpoint` has them (the lr schedule is rebuilt by the caller). Returns the running
+    sums of a half-done epoch on `device` (zeros where `carries_sums` is false: under torchrun the
+    main process carries them), or None at an epoch boundary."""
     model.load_state_dict(checkpoint["model"])
     if ema is not None:  # resume.continue_run checked that the checkpoint has it
         ema.load_state_dict(checkpoint["ema"])

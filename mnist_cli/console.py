@@ -65,7 +65,8 @@ def show_table(table: Table) -> None:
 
 
 def epoch_line(m: Dict, epochs: int) -> str:
-    validation = f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.2%}  " if m["val_accuracy"] is not None else ""
+    averaged = " (ema)" if m.get("weights") == "ema" else ""  # ema_decay: the average validated better
+    validation = f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.2%}{averaged}  " if m["val_accuracy"] is not None else ""
     return (
         f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  "
         f"train_loss {m['train_loss']:.4f}  train_acc {m['train_accuracy']:.2%}  "
