@@ -20,6 +20,7 @@ from conftest import run_mnist, start_mnist
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed: pip install -e '.[optuna]'")
 from optuna.trial import TrialState  # noqa: E402
 
+from mnist_cli import runs  # noqa: E402
 from mnist_cli import study as studies  # noqa: E402
 
 TINY = ["epochs=1", "data.limit=300", "data.val_size=60", "batch_size=60", "model.augment=false", "device=cpu"]
@@ -75,9 +76,13 @@ def test_optuna_minimises_a_loss(tmp_path, cli_env):
 
 
 def complete_trials(workdir: Path) -> int:
-    """How many trials of the study are complete; 0 while the sweep is still creating its database."""
+    """How many trials of the study are complete; 0 while the sweep is still creating its database.
+    Read under the study's lock, as a worker would: Optuna creates missing tables when it opens a
+    database, and doing that beside the sweep's own creation fails one of the two."""
     try:
-        return states(the_study(workdir)).get("COMPLETE", 0)
+        (database,) = (workdir / "outputs" / "optuna").glob("*.db")
+        with runs.exclusive(studies.lock_path(f"sqlite:///{database}")):
+            return states(the_study(workdir)).get("COMPLETE", 0)
     except Exception:
         return 0
 
