@@ -118,3 +118,13 @@ def test_speedrun_preset_overrides_the_defaults_and_yields_to_the_command_line()
     gpu = compose_train("experiment=speedrun")
     assert (gpu.model.channels, gpu.model.augment, gpu.batch_size, gpu.device) == ([32, 64, 128], False, 512, "cuda")
     assert compose_train("experiment=speedrun_cpu", "epochs=5").epochs == 5
+
+
+def test_best_presets_pick_their_dataset_and_pass_the_config_checks():
+    from mnist_cli.config import validate
+
+    for name, dataset, mirrored in (("mnist_best", "mnist", False), ("fashion_mnist_best", "fashion_mnist", True)):
+        cfg = compose_train(f"experiment={name}")
+        validate(cfg)
+        assert (cfg.dataset.name, cfg.dataset.augment.flip, cfg.dataset.test_time_flip) == (dataset, mirrored, mirrored)
+        assert (cfg.model.convs_per_block, cfg.precision) == (2, "bf16")
