@@ -370,6 +370,12 @@ PRECISIONS = ("fp32", "bf16")
 OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("pt2", "torchscript", "onnx")}
 
 
+def trained_on_mirrors(cfg) -> bool:
+    """Whether a run config trains on mirrored images (model.augment with dataset.augment.flip): the
+    condition for dataset.test_time_flip (models.for_inference)."""
+    return bool(cfg.model.get("augment", False) and (cfg.dataset.get("augment") or {}).get("flip", False))
+
+
 def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:
     """Raise UserError, in one sentence, for anything in `cfg` or the command line `overrides` that
     cannot work: a required key removed (~key), an unknown key added (+key=...), a value out of range."""
@@ -388,7 +394,7 @@ def check_config(cfg: DictConfig, command: str, overrides: List[str]) -> None:
         if unused and not OmegaConf.select(cfg, "model.augment", default=True):
             whose = f" ({cfg.model.name}'s default)" if "model.augment" not in given else ""
             raise UserError(f"{unused[0]} does nothing while model.augment=false{whose}; add model.augment=true.")
-        if flip_asked and not cfg.dataset.augment.flip:
+        if flip_asked and not trained_on_mirrors(cfg):
             raise UserError("dataset.test_time_flip=true does nothing for a model that does not train on mirrored images; "
                             "add dataset.augment.flip=true.")  # fmt: skip
     try:

@@ -7,6 +7,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
+from mnist_cli.config import trained_on_mirrors
 from mnist_cli.errors import UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
@@ -92,9 +93,6 @@ def for_inference(model: nn.Module, cfg) -> nn.Module:
     dataset.augment.flip); plain otherwise, as for runs from before the key existed."""
     return FlipAveraged(model) if trained_on_mirrors(cfg) and cfg.dataset.get("test_time_flip", False) else model
 
-
-def trained_on_mirrors(cfg) -> bool:
-    return bool(cfg.model.get("augment", False) and (cfg.dataset.get("augment") or {}).get("flip", False))
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:
