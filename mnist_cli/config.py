@@ -500,7 +500,7 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
     except OverrideParseException as error:  # model.hidden=[64
         return f"{error.override} cannot be read as KEY=VALUE: {first_line(error)}"
     except Exception as error:  # Hydra's ConfigCompositionException, caused by OmegaConf's error on one key
-        unchosen = _unchosen_logger_key(overrides)
+        unchosen = _unchosen_logger_key(overrides) or _preset_key_missing(error, overrides)
         if unchosen:
             return unchosen
         cause, key = error.__cause__, getattr(error.__cause__, "full_key", None)
@@ -516,6 +516,21 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
             given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
             return f"{given}: {first_line(cause)}"
         return first_line(error)
+
+
+def _preset_key_missing(error: Exception, overrides: Sequence[str]) -> Optional[str]:
+    """experiment=mnist_best model=mlp: the preset sets a key (model.channels) the chosen option lacks.
+    Hydra names both only in its message's text, so they are read from there; None for other errors."""
+    import re
+
+    preset = re.match(r"In 'experiment/(\w+)'", str(error))
+    key = re.search(r"full_key: (\S+)", str(error))
+    if not (preset and key):
+        return None
+    group = key[1].split(".")[0]
+    chosen = next((o for o in overrides if o.split("=", 1)[0] == group), f"the {group} chosen")
+    return (f"experiment={preset[1]} sets {key[1]}, which {chosen} does not have; "
+            f"leave {group}= out to train the preset as it is, or set the keys yourself without the preset.")
 
 
 def _unchosen_logger_key(overrides: Sequence[str]) -> Optional[str]:

@@ -32,7 +32,9 @@ from mnist_cli.paths import sqlite_file
 STATE_FILE = "loggers.json"  # in the run folder: {"mlflow": {"tracking_uri", "run_id"}}
 TB_FOLDER = "tb"
 EPOCH_SCALARS = {"train/loss": "train_loss", "train/accuracy": "train_accuracy", "val/loss": "val_loss",
-                 "val/accuracy": "val_accuracy", "lr": "lr", "epoch": "epoch", "seconds": "seconds"}  # fmt: skip
+                 "val/accuracy": "val_accuracy", "lr": "lr", "epoch": "epoch", "seconds": "seconds",
+                 "val/trained_accuracy": "trained_val_accuracy", "val/ema_accuracy": "ema_val_accuracy"}  # fmt: skip
+# (the last two only with ema_decay: the trained weights and their average, val/accuracy the better)
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> the extra that installs it
 

@@ -82,6 +82,8 @@ COMPOSITION_MISTAKES = {
     "unreadable value": ("train", ["model.hidden=[64"], "model.hidden=[64 cannot be read as KEY=VALUE"),
     "a key without a value": ("train", ["model"], "model cannot be read as KEY=VALUE"),
     "unknown logger": ("train", ["logger=wandb"], "logger=wandb is not an option of logger; choose one of csv, mlflow, tensorboard."),
+    "a preset with another model": ("train", ["experiment=mnist_best", "model=mlp"],
+                                    "experiment=mnist_best sets model.channels, which model=mlp does not have; leave model= out"),
     "a setting of a logger not chosen": ("train", ["logger=tensorboard", "logger.mlflow.tracking_uri=x"],
                                          "logger.mlflow.tracking_uri sets the mlflow logger, which is not chosen; add logger=mlflow"),
 }
