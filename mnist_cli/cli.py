@@ -221,6 +221,13 @@ def _refuse_before_hydra(args: List[str]) -> None:
             if o.value_type.name == "INTERVAL_SWEEP" or not multirun:
                 raise UserError(f"{o.key_or_group}=interval(...) needs a search sweeper: add hparams_search=optuna, "
                                 "or list the values to try (-m key=a,b,c).")  # fmt: skip
+    if multirun:  # -m experiment=mnist_best model=mlp,cnn: each swept option with the rest, before the sweep's folder
+        from mnist_cli.config import composition_problem
+
+        for choice in _group_choices(args):
+            problem = composition_problem("train", [*_composable(args), choice])
+            if problem:
+                raise UserError(problem)
 
 
 def _claim_named_folder(args: List[str]) -> List[str]:
@@ -440,3 +447,14 @@ def _refused(command: str, args: List[str]) -> Optional[str]:
         return composition_problem(command, _composable(args))
     except Exception:
         return None
+
+
+def _group_choices(args: List[str]) -> List[str]:
+    """A sweep's options of config groups, one override each: `-m model=mlp,cnn` -> model=mlp, model=cnn."""
+    from hydra.core.override_parser.types import ValueType
+
+    from mnist_cli.config import GROUP_SCHEMAS
+
+    return [f"{o.key_or_group}={value}" for o in _overrides(args)
+            if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP and o.key_or_group in (*GROUP_SCHEMAS, "experiment")
+            for value in o.sweep_string_iterator()]  # fmt: skip

@@ -107,6 +107,8 @@ PROCESS_MISTAKES = {
     "wrong type": (["train", "epochs=abc"], "epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     "unknown key": (["train", "epochz=3"], "epochz is not a key of mnist train; did you mean epochs?"),  # Hydra refuses these
     "a key without a value": (["train", "--cfg", "job", "model"], "model cannot be read as KEY=VALUE"),
+    "a sweep option a preset does not fit": (["train", "-m", "experiment=mnist_best", "model=cnn,mlp"],
+                                             "experiment=mnist_best sets model.channels, which model=mlp does not have"),
     "value out of range": (["train", "optimizer.lr=-1"], "optimizer.lr must be greater than 0"),  # check_config
     "eval value out of range": (["eval", "run=latest", "device=tpu"], "device must be one of"),
     "predict value out of range": (["predict", "run=latest", "indices=[0]", "batch_size=0"], "batch_size must be at least 1"),
