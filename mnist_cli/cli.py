@@ -450,11 +450,12 @@ def _refused(command: str, args: List[str]) -> Optional[str]:
 
 
 def _group_choices(args: List[str]) -> List[str]:
-    """A sweep's options of config groups, one override each: `-m model=mlp,cnn` -> model=mlp, model=cnn."""
+    """A sweep's options of config groups, one override each: `-m model=mlp,cnn` (or choice(mlp,cnn)) -> model=mlp, model=cnn."""
     from hydra.core.override_parser.types import ValueType
 
     from mnist_cli.config import GROUP_SCHEMAS
 
+    listed = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP)
     return [f"{o.key_or_group}={value}" for o in _overrides(args)
-            if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP and o.key_or_group in (*GROUP_SCHEMAS, "experiment")
+            if o.value_type in listed and o.key_or_group in (*GROUP_SCHEMAS, "experiment")
             for value in o.sweep_string_iterator()]  # fmt: skip

@@ -64,6 +64,7 @@ def test_a_config_mistake_is_refused_in_one_sentence(command, overrides, message
 @pytest.mark.parametrize("args,message", [
     (["-m", "optimizer.lr=interval(0.001,0.01)"], "needs a search sweeper"),
     (["--shell-completion", "install=bash"], "shell completion is not supported"),
+    (["-m", "experiment=mnist_best", "model=choice(cnn,mlp)"], "experiment=mnist_best sets model.channels, which model=mlp does not have"),
 ])  # fmt: skip
 def test_a_command_line_hydra_would_misread_is_refused_before_it_starts(args, message):
     with pytest.raises(UserError, match=re.escape(message)):
