@@ -224,8 +224,9 @@ def _refuse_before_hydra(args: List[str]) -> None:
     if multirun:  # -m experiment=mnist_best model=mlp,cnn: each swept option with the rest, before the sweep's folder
         from mnist_cli.config import composition_problem
 
-        for choice in _group_choices(args):
-            problem = composition_problem("train", [*_composable(args), choice])
+        rest = _composable(args)
+        for choice in _group_choices(overrides):
+            problem = composition_problem("train", [*rest, choice])
             if problem:
                 raise UserError(problem)
 
@@ -449,13 +450,12 @@ def _refused(command: str, args: List[str]) -> Optional[str]:
         return None
 
 
-def _group_choices(args: List[str]) -> List[str]:
+def _group_choices(overrides: list) -> List[str]:
     """A sweep's options of config groups, one override each: `-m model=mlp,cnn` (or choice(mlp,cnn)) -> model=mlp, model=cnn."""
     from hydra.core.override_parser.types import ValueType
 
-    from mnist_cli.config import GROUP_SCHEMAS
+    from mnist_cli.config import CHOSEN_GROUPS
 
     listed = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP)
-    return [f"{o.key_or_group}={value}" for o in _overrides(args)
-            if o.value_type in listed and o.key_or_group in (*GROUP_SCHEMAS, "experiment")
+    return [f"{o.key_or_group}={value}" for o in overrides if o.value_type in listed and o.key_or_group in CHOSEN_GROUPS
             for value in o.sweep_string_iterator()]  # fmt: skip

@@ -287,6 +287,7 @@ GROUP_SCHEMAS = {
     },
     "dataset": {"mnist": DatasetConfig, "fashion_mnist": DatasetConfig},
 }
+CHOSEN_GROUPS = (*GROUP_SCHEMAS, "experiment")  # the groups a command line picks an option of (model=mlp)
 
 
 def register_configs() -> None:
@@ -461,7 +462,7 @@ def refuse_unknown_keys(cfg: DictConfig, added: List[str]) -> None:
         return
     known = set(known_keys(cfg))
     for key in added:
-        if key in known or key in ("experiment", "hparams_search", *GROUP_SCHEMAS) or key.startswith("hydra"):
+        if key in known or key in (*CHOSEN_GROUPS, "hparams_search") or key.startswith("hydra"):
             continue
         raise UserError(_not_a_key("train", key, known))
 
@@ -505,7 +506,7 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
             return unchosen
         cause, key = error.__cause__, getattr(error.__cause__, "full_key", None)
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:  # epochz=3
-            choices = [o for o in overrides if o.split("=", 1)[0] in (*GROUP_SCHEMAS, "experiment")]  # model=mlp, ...
+            choices = [o for o in overrides if o.split("=", 1)[0] in CHOSEN_GROUPS]  # model=mlp, ...
             try:
                 composed = compose(command, choices)
                 known = known_keys(composed) if command == "train" else _schema_keys(COMMAND_SCHEMAS[command])
@@ -521,8 +522,6 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
 def _preset_key_missing(error: Exception, overrides: Sequence[str]) -> Optional[str]:
     """experiment=mnist_best model=mlp: the preset sets a key (model.channels) the chosen option lacks.
     Hydra names both only in its message's text, so they are read from there; None for other errors."""
-    import re
-
     preset = re.match(r"In 'experiment/(\w+)'", str(error))
     key = re.search(r"full_key: (\S+)", str(error))
     if not (preset and key):

@@ -94,7 +94,6 @@ def for_inference(model: nn.Module, cfg) -> nn.Module:
     return FlipAveraged(model) if trained_on_mirrors(cfg) and cfg.dataset.get("test_time_flip", False) else model
 
 
-
 def build_model(cfg, num_classes: int) -> nn.Module:
     """Return the untrained model named by cfg.name."""
     if cfg.name not in MODELS:
