@@ -32,6 +32,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 from mnist_cli.errors import UserError, WriteFailed
 
 
+def _os_error(error: Optional[BaseException]) -> Optional[OSError]:
+    """The OSError behind `error`, if any: torch.save's zip writer meets a full disk as an OSError and
+    raises a RuntimeError while closing ("unexpected pos ..."), with the OSError as its context."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temp file next to `path` (.<name>.<pid>.tmp; one a kill -9 leaves is
     removed by the next lock_run), fsync it, then rename it over `path`.
@@ -52,9 +60,10 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if isinstance(error, OSError):
+        cause = _os_error(error)
+        if cause is not None:
             kept = "its previous version is kept" if path.exists() else "nothing was written"
-            reason = error.strerror or str(error)
+            reason = cause.strerror or str(cause)
             raise WriteFailed(f"could not write {path} ({reason}); {kept}.") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)

@@ -219,6 +219,39 @@ def test_a_full_disk_keeps_the_old_file_and_names_it(what, finished, tmp_path, m
     assert files_of(run_dir) == before  # nothing changed, no temp file left behind
 
 
+class FillsUp:
+    """A file whose disk fills after `room` bytes, as a real full disk answers write()."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_disk_that_fills_inside_torch_save_is_the_same_one_sentence(finished, tmp_path, monkeypatch):
+    # torch's zip writer turns the OSError into "RuntimeError: unexpected pos" while closing
+    run_dir = copy_run(finished, tmp_path)
+    before = files_of(run_dir)
+    monkeypatch.setattr(runs, "open", lambda path, mode: FillsUp(open(path, mode), room=4096), raising=False)
+    with pytest.raises(WriteFailed) as failed:
+        checkpoints.save(run_dir / "checkpoints" / "last.pt", {"weights": torch.zeros(10_000)})
+    assert str(run_dir / "checkpoints" / "last.pt") in str(failed.value) and "No space left on device" in str(failed.value)
+    assert files_of(run_dir) == before
+
+
 def test_a_full_disk_during_training_stops_with_one_sentence_and_the_run_resumes(finished, tmp_path, cli_env, data_root, monkeypatch):
     from mnist_cli import train
 
