@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from mnist_cli import streams
 from mnist_cli.errors import UserError
 
 COMMANDS = {
@@ -48,7 +50,19 @@ data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, Fashi
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    streams.guard()
+    try:
+        code = _main(sys.argv[1:] if argv is None else list(argv))
+        lost = streams.lost_output()
+    except BrokenPipeError:
+        return _closed_pipe()
+    if lost is None:
+        return code
+    _say_output_lost(lost)
+    return code or streams.EX_IOERR  # a failed gate (1) or a refusal (2) stays what it is
+
+
+def _main(args: List[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
@@ -66,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from mnist_cli.report import report_command
 
             return report_command(args[1:])
-        return run_hydra_app(command, args[1:])
+        return run_hydra_app(command, _non_ascii_quoted(args[1:]))
     except UserError as error:  # found before Hydra starts (e.g. resume= names no run)
         print(f"mnist {command}: {error}", file=sys.stderr)
         return 2
@@ -75,6 +89,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the command's own work began
         print(f"mnist {command}: interrupted by Ctrl-C.", file=sys.stderr)
         return 130
+
+
+def _say_output_lost(why: str) -> None:
+    """Standard output could not be written (a full disk, /dev/full): say so on stderr. The exit code is then 74
+    (EX_IOERR) where it would have been 0, never 1, the failed-gate code of `mnist eval`."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere at exit
+    print(f"mnist: the command's work is done, but its output could not be written ({why}).", file=sys.stderr)
+
+
+# The parts of a value that Hydra's grammar reads as structure; what lies between them is plain text
+_STRUCTURE = re.compile(r"""([\[\]{}(),='"])""")
+
+
+def _non_ascii_quoted(args: List[str]) -> List[str]:
+    """The arguments with each plain-text part of a value that holds a non-ASCII letter put in quotes:
+    Hydra's grammar takes only ASCII letters unquoted, and `inputs=[scans/zïffer.png]` means no more than
+    `inputs=['scans/zïffer.png']`. A word with quotes of its own, or all ASCII, stays as written."""
+    quoted = []
+    for word in args:
+        key, equals, value = word.partition("=")
+        if word.startswith("-") or not equals or value.isascii() or "'" in value or '"' in value or "${" in value:
+            quoted.append(word)
+            continue
+        parts = _STRUCTURE.split(value)
+        quoted.append(key + equals + "".join(f"'{part.strip()}'" if not part.isascii() and not _STRUCTURE.fullmatch(part) else part
+                                              for part in parts))  # fmt: skip
+    return quoted
 
 
 def _closed_pipe() -> int:
@@ -339,6 +380,7 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     from mnist_cli.config import check_config, register_configs
     from mnist_cli.errors import RunFailed
     from mnist_cli.interrupt import Interrupted, ctrl_c_held
+    from mnist_cli.paths import absolute_path
 
     register_configs()
     if "--help" in args or "-h" in args:
@@ -354,6 +396,8 @@ def run_hydra_app(command: str, args: List[str]) -> int:
         try:
             if runtime.job.chdir:
                 _absolute_paths(cfg, runtime.runtime.cwd)
+            if cfg.get("data", {}).get("root"):  # a run stores it: eval/predict from another folder read the same data
+                cfg.data.root = absolute_path(cfg.data.root, runtime.runtime.cwd)
             check_config(cfg, command, list(runtime.overrides.task))  # before any work, and before torch is imported
             with ctrl_c_held():
                 importlib.import_module("torch")

@@ -257,6 +257,7 @@ class ExportConfig:
 class ServeConfig:
     run: str = MISSING
     host: str = MISSING
+    allowed_hosts: List[str] = MISSING
     port: int = MISSING
     topk: int = MISSING
     device: str = MISSING
@@ -499,7 +500,8 @@ def composition_problem(command: str, overrides: Sequence[str]) -> Optional[str]
         group, _, option = error.missing_cfg_file.rpartition("/")
         return f"{group}={option} is not an option of {group}; choose one of {', '.join(error.options)}."
     except OverrideParseException as error:  # model.hidden=[64
-        return f"{error.override} cannot be read as KEY=VALUE: {first_line(error)}"
+        return (f"{error.override} cannot be read as KEY=VALUE ({first_line(error).rstrip('.')}); a value with brackets, "
+                "braces, commas, quotes or = in it needs quotes: 'inputs=[\"scans/x (1).png\"]' or 'run=\"a,b\"'.")
     except Exception as error:  # Hydra's ConfigCompositionException, caused by OmegaConf's error on one key
         unchosen = _unchosen_logger_key(overrides) or _preset_key_missing(error, overrides)
         if unchosen:

@@ -1,0 +1,77 @@
+"""Standard output and error as every command uses them: any text can be written, and a write that fails
+is recorded, not a traceback from wherever the print happened to be: the command finishes its work and
+main() says that its output was lost.
+
+Imports nothing heavy: the CLI guards its streams before `mnist --help` prints.
+"""
+
+from __future__ import annotations
+
+import codecs
+import sys
+
+EX_IOERR = 74  # sysexits.h: the exit code when our own output could not be written (never 1, eval's failed gate)
+
+# What our messages and tables use beyond ASCII, spelled in ASCII for a terminal or pipe that cannot take them
+# (PYTHONIOENCODING=ascii, LC_ALL=C with PYTHONUTF8=0).
+_ASCII = {"±": "+/-", "·": ".", "…": "...", "—": "-", "–": "-", "×": "x", "≥": ">=", "≤": "<=", "→": "->", "✓": "v"}
+
+
+def _spell_in_ascii(error: UnicodeError):
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = "".join(_ASCII.get(ch, "?") for ch in error.object[error.start : error.end])
+    return text, error.end
+
+
+codecs.register_error("mnist_ascii", _spell_in_ascii)
+
+
+class _Guarded:
+    """A text stream that records its first failed write (`> /dev/full`, a full disk behind `> file`) and drops
+    what follows, so the command's work goes on and ends as it would; main() then says so and exits 74.
+    A closed pipe (`| head`) stays BrokenPipeError: that reader chose to stop."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lost = None  # why the first write failed
+
+    def _guarded(self, action, *args):
+        if self.lost is not None:
+            return None
+        try:
+            return action(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            self.lost = error.strerror or str(error)
+            return None
+
+    def write(self, text: str) -> int:
+        self._guarded(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: rich and print ask for these
+        return getattr(self.stream, name)
+
+
+def guard() -> None:
+    """Make sys.stdout record a failed write instead of raising it, and both streams spell in ASCII what
+    their encoding cannot take. Safe to call twice."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "")
+        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="mnist_ascii")
+    if sys.stdout is not None and not isinstance(sys.stdout, _Guarded):
+        sys.stdout = _Guarded(sys.stdout)
+
+
+def lost_output():
+    """Why standard output could not be written (flushing it first), or None when all of it was."""
+    if not isinstance(sys.stdout, _Guarded):
+        return None
+    sys.stdout.flush()
+    return sys.stdout.lost
