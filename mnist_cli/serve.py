@@ -23,7 +23,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import anyio
 import numpy as np
@@ -33,7 +33,9 @@ from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -47,11 +49,53 @@ from mnist_cli.inference import probabilities, to_rows
 READER = "mnist serve"  # names the command in the pixel-limit sentence
 MAX_FILES = 100  # files in one multipart request; the body limit alone would allow tens of thousands of tiny ones
 MAX_PARTS = 2 * MAX_FILES  # parts of any kind: parsing stops there (a body of empty parts costs a second or more)
+DRAIN = 64_000_000  # bytes of a refused body read and dropped at most, so that the client reads the 413 ...
+DRAIN_SECONDS = 10  # ... for at most this long (nginx's lingering close does the same)
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")  # Host names always answered: this machine's own
+YES, NO = ("1", "true", "yes"), ("0", "false", "no")  # ?return_image=
 PAGE_HEADERS = {  # the page may load nothing from elsewhere: it works offline and cannot be pointed at a CDN
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The Host header names the server answers to. A guard against DNS rebinding: a web page can point a name
+    of its own at 127.0.0.1 and reach a loopback server from the user's browser, but its requests carry that name."""
+
+    names: FrozenSet[str]  # as host_name writes them; "*": any
+    any_address: bool  # bound to every interface: the machine's addresses are not known, and an address cannot be rebound
+
+    def answers(self, name: str) -> bool:
+        """Whether a request whose Host header names `name` (as host_name writes it) is answered."""
+        return "*" in self.names or name in self.names or (self.any_address and is_address(name))
+
+
+def host_name(host: str) -> str:
+    """The name or address in a Host header or a host name given in the config: lower case, without its port,
+    IPv6 brackets or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def answered_hosts(cfg: DictConfig, bound: str) -> Hosts:
+    """The Hosts of a server bound to address `bound` for host=cfg.host: localhost, host= and its address, and allowed_hosts."""
+    names = frozenset(host_name(name) for name in (*LOCAL_NAMES, cfg.host, bound, *cfg.allowed_hosts))
+    return Hosts(names, is_address(bound) and ipaddress.ip_address(bound).is_unspecified)
 
 
 @dataclass
@@ -75,6 +119,7 @@ class Service:
     window: float  # seconds the worker waits for more requests after the first
     model: Dict[str, Any]  # GET /model's answer
     page: str
+    hosts: Hosts
     answered: int = 0  # POST /predict requests answered
     queue: Optional[asyncio.Queue] = None
     decoders: Optional[anyio.CapacityLimiter] = None
@@ -144,19 +189,42 @@ def start_batching(service: Service) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, in memory; 413 when Content-Length says more than `limit` bytes, or as soon as
-    more than that has arrived (a chunked body has no Content-Length)."""
+    """The request body, in memory; 413 as soon as more than `limit` bytes have arrived (or at once when
+    Content-Length says more than `limit` + DRAIN, or more than `limit` to a client waiting for 100 Continue)."""
     refused = HTTPException(413, f"the request body is over {limit / 1e6:g} MB; send a smaller image (the server's max_body_mb).")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise refused
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise refused
+        if int(declared) > limit + DRAIN or request.headers.get("expect", "").lower() == "100-continue":
+            raise refused  # too much to drop, or a client that sends no body until asked to
+        # else: read as far as the limit, then drop the rest (drop_rest says why)
+    chunks, size, more = [], 0, True
+    while more and size <= limit:
+        chunk, more = await next_chunk(request)
         chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        await drop_rest(request, more)
+        raise refused
     return b"".join(chunks)
+
+
+async def next_chunk(request: Request) -> Tuple[bytes, bool]:
+    """The next piece of the request body and whether more follows; ClientDisconnect if the client went away."""
+    message = await request.receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    return message.get("body", b""), message.get("more_body", False)
+
+
+async def drop_rest(request: Request, more: bool) -> None:
+    """Read and drop the rest of a refused body, up to DRAIN bytes in DRAIN_SECONDS. A socket closed with bytes
+    unread sends a reset, and a client that reads only once its whole body is sent (Python's urllib; it also
+    asks for Connection: close) would see `Connection reset by peer` instead of the 413."""
+    dropped = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while more and dropped <= DRAIN:
+            chunk, more = await next_chunk(request)
+            dropped += len(chunk)
 
 
 @dataclass
@@ -209,6 +277,24 @@ def multipart_files(body: bytes, content_type: str) -> List[Tuple[str, bytes]]:
     return files
 
 
+def predict_options(request: Request, service: Service) -> Tuple[int, bool]:
+    """(topk, return_image) from POST /predict's query, by default (the server's topk, False); HTTPException 422
+    for an unknown key, a key given twice or a bad value."""
+    query, classes = request.query_params, len(service.trained.classes)
+    for key in query:
+        if key not in ("topk", "return_image"):
+            raise HTTPException(422, f"{key!r} is not a /predict option; use topk=1..{classes} or return_image=true|false.")
+        if len(query.getlist(key)) > 1:
+            raise HTTPException(422, f"{key} is given {len(query.getlist(key))} times; give it once.")
+    topk = query.get("topk", "")
+    if topk and not (topk.isascii() and topk.isdigit() and 1 <= int(topk) <= classes):
+        raise HTTPException(422, f"topk must be a whole number from 1 to {classes} (got {topk!r}).")
+    image = query.get("return_image", "false")
+    if image.lower() not in YES + NO:
+        raise HTTPException(422, f"return_image must be true or false (got {image!r}).")
+    return int(topk) if topk else service.topk, image.lower() in YES
+
+
 def prepare_entries(files: List[Tuple[str, bytes]], dataset: str) -> List[Dict]:
     """`mnist predict`'s entries for uploaded files, in order: {"input", "image"} or {"input", "error"}."""
     entries: List[Dict] = []
@@ -239,6 +325,7 @@ async def predict(request: Request) -> JSONResponse:
         body = await read_body(request, service.max_body)
     except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to report
         return Response(status_code=400)
+    topk, return_image = predict_options(request, service)  # after the body: a refusal with a body unread resets the connection
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):  # parsed off the event loop: a body can be 5 MB of parts
         files = await anyio.to_thread.run_sync(multipart_files, body, content_type, limiter=service.decoders)
@@ -251,8 +338,8 @@ async def predict(request: Request) -> JSONResponse:
     entries = await anyio.to_thread.run_sync(prepare_entries, files, service.trained.config.dataset.name, limiter=service.decoders)
     images = [entry["image"] for entry in entries if "image" in entry]
     probs = await classify(service, images) if images else torch.zeros(0, len(service.trained.classes))
-    rows = to_rows(entries, probs, service.trained.classes, service.topk)
-    if request.query_params.get("return_image", "").lower() in ("1", "true", "yes"):
+    rows = to_rows(entries, probs, service.trained.classes, topk)
+    if return_image:
         for row, entry in zip(rows, entries):
             if "image" in entry:
                 row["image"] = png_base64(entry["image"])
@@ -282,6 +369,21 @@ async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
 
+def host_guard(app: Any, hosts: Hosts) -> Any:
+    """`app` answering only requests whose Host header names one of `hosts`; the others get 421 and one sentence."""
+
+    async def guarded(scope, receive, send) -> None:
+        name = host_name(Headers(scope=scope).get("host", "")) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or hosts.answers(name):
+            await app(scope, receive, send)
+            return
+        error = (f"this server does not answer to the host name in the request's Host header ({name!r}); use localhost "
+                 f"or the server's address, or start it with allowed_hosts=[{name}].")  # fmt: skip
+        await JSONResponse({"error": error}, status_code=421)(scope, receive, send)
+
+    return guarded
+
+
 def build_app(service: Service) -> Starlette:
     """The ASGI app serving `service`."""
     routes = [
@@ -290,7 +392,7 @@ def build_app(service: Service) -> Starlette:
         Route("/model", model_info, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=[Middleware(host_guard, hosts=service.hosts)])
     app.state.service = service
     return app
 
@@ -309,13 +411,15 @@ def run_metrics(trained: Trained) -> Optional[Dict[str, Any]]:
     return {key: summary.get(key) for key in ("status", "epochs_completed", "best", "final")}
 
 
-def make_service(cfg: DictConfig, trained: Trained, device: torch.device) -> Service:
-    """The Service for `trained` with cfg's limits (the queue and limiter are made when the server starts)."""
+def make_service(cfg: DictConfig, trained: Trained, device: torch.device, listener: Optional[socket.socket] = None) -> Service:
+    """The Service for `trained` with cfg's limits, answering the host names of cfg and of `listener`'s address
+    (without a listener: cfg.host's); the queue and limiter are made when the server starts."""
     config = trained.config
     model = {"dataset": config.dataset.name, "model": config.model.name, "classes": trained.classes,
              "topk": min(cfg.topk, len(trained.classes)), "run": trained.run_dir.name, "metrics": run_metrics(trained)}  # fmt: skip
     page = resources.files("mnist_cli").joinpath("serve_page.html").read_text(encoding="utf-8")
-    return Service(trained, device, cfg.topk, int(cfg.max_body_mb * 1_000_000), cfg.max_batch, cfg.batch_window_ms / 1000, model, page)
+    hosts = answered_hosts(cfg, listener.getsockname()[0] if listener else cfg.host)
+    return Service(trained, device, cfg.topk, int(cfg.max_body_mb * 1_000_000), cfg.max_batch, cfg.batch_window_ms / 1000, model, page, hosts)
 
 
 # ---- the process -----------------------------------------------------------------------------------
@@ -363,23 +467,28 @@ def stop_signals_noted() -> Iterator[List[int]]:
             signal.signal(signum, handler)
 
 
-def serve_command(cfg: DictConfig) -> int:
-    """Run `mnist serve` until Ctrl-C or SIGTERM; returns the exit code (0 after a clean stop)."""
+def make_server(service: Service) -> Any:
+    """The uvicorn server for `service`, not started (run it with sockets=[a listener from open_socket])."""
     import uvicorn
 
+    config = uvicorn.Config(build_app(service), lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+    return uvicorn.Server(config)
+
+
+def serve_command(cfg: DictConfig) -> int:
+    """Run `mnist serve` until Ctrl-C or SIGTERM; returns the exit code (0 after a clean stop)."""
     listener = open_socket(cfg.host, cfg.port)
     with contextlib.closing(listener):
         device = resolve_device(cfg.device)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         trained = load_trained(cfg.run, cfg.outputs_dir, device)
-        service = make_service(cfg, trained, device)
+        service = make_service(cfg, trained, device, listener)
         if not is_loopback(listener):
             print(f"mnist serve: warning: host={cfg.host} lets other machines reach this server, which has no authentication.", file=sys.stderr)
         print(f"mnist serve: {trained.config.model.name} ({trained.config.dataset.name}) from {trained.checkpoint_path} "
               f"at {url_of(listener)} (Ctrl-C to stop)", flush=True)  # fmt: skip
-        config = uvicorn.Config(build_app(service), lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=10)
-        server = uvicorn.Server(config)
+        server = make_server(service)
         with stop_signals_noted() as noted:
             server.run(sockets=[listener])
     if not server.started:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import http.client
 import io
 import json
 import math
@@ -19,7 +21,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import numpy as np
 import pytest
@@ -81,7 +83,7 @@ def service(trained_run):
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TestClient(serve.build_app(service)) as client:  # one event loop for the module: the batching worker lives in it
+    with TestClient(serve.build_app(service), base_url="http://localhost") as client:  # one event loop for the module: the batching worker lives in it
         yield client
 
 
@@ -143,6 +145,13 @@ def test_return_image_gives_the_28x28_image_the_model_saw(client, tmp_path):
     assert seen.shape == (28, 28) and np.array_equal(seen, prepare(tmp_path / "zero.png", "mnist"))
 
 
+def test_the_query_chooses_topk_and_whether_to_return_the_image(client):
+    (row,) = client.post("/predict?topk=10&return_image=false", content=drawing(ONE)).json()["predictions"]
+    assert len(row["topk"]) == 10 and "image" not in row
+    (row,) = client.post("/predict?topk=1&return_image=1", content=drawing(ONE)).json()["predictions"]
+    assert [t["class"] for t in row["topk"]] == ["1"] and row["image"]
+
+
 def huge_png(tmp_path: Path) -> bytes:
     return bar_png(tmp_path / "huge.png", 20000).read_bytes()  # 400 megapixels in ~75 KB
 
@@ -163,6 +172,12 @@ ERRORS = {  # name: (request, status, the error sentence or its start)
                                       headers={"content-type": "multipart/form-data; boundary=b"}), 422, "the multipart body holds no file"),
     "multipart without a boundary": (dict(content=b"x", headers={"content-type": "multipart/form-data"}), 422, "multipart/form-data without a boundary"),
     "multipart, not multipart": (dict(content=b"garbage", headers={"content-type": "multipart/form-data; boundary=b"}), 422, "the multipart body cannot be read"),
+    "return_image=maybe": (dict(content=drawing(ONE), params={"return_image": "maybe"}), 422, "return_image must be true or false (got 'maybe')"),
+    "topk=-1": (dict(content=drawing(ONE), params={"topk": "-1"}), 422, "topk must be a whole number from 1 to 10 (got '-1')"),
+    "topk=abc": (dict(content=drawing(ONE), params={"topk": "abc"}), 422, "topk must be a whole number from 1 to 10 (got 'abc')"),
+    "topk=11, more than the classes": (dict(content=drawing(ONE), params={"topk": "11"}), 422, "topk must be a whole number from 1 to 10 (got '11')"),
+    "topk given twice": (dict(content=drawing(ONE), params=[("topk", "1"), ("topk", "2")]), 422, "topk is given 2 times"),
+    "an unknown query key": (dict(content=drawing(ONE), params={"retrun_image": "true"}), 422, "'retrun_image' is not a /predict option"),
     "multipart, cut short": (dict(content=b'--b\r\nContent-Disposition: form-data; name="f"; filename="x.png"\r\n\r\n\x89PNG',
                                   headers={"content-type": "multipart/form-data; boundary=b"}), 422, "the multipart body is cut short"),
 }  # fmt: skip
@@ -187,8 +202,8 @@ def test_other_paths_and_methods_are_json_errors(client):
 async def ask_at_once(service: serve.Service, bodies: List[bytes]) -> List[str]:
     """POST every body at the same moment; the predicted class of each answer, in order."""
     transport = httpx.ASGITransport(app=serve.build_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        answers = await asyncio.gather(*(http.post("/predict", content=body) for body in bodies))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        answers = await asyncio.gather(*(client.post("/predict", content=body) for body in bodies))
     return [answer.json()["predictions"][0]["predicted"] for answer in answers]
 
 
@@ -217,6 +232,77 @@ def test_binding_every_interface_is_not_loopback():
         assert not serve.is_loopback(every)
     with serve.open_socket("127.0.0.1", 0) as local:
         assert serve.is_loopback(local) and serve.url_of(local).startswith("http://127.0.0.1:")
+
+
+# ---- the real server in a thread of this process: what a client sees on the socket ----------------------
+
+
+@contextlib.contextmanager
+def listening(trained_run: Path, *overrides: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """uvicorn as `mnist serve` runs it, for `mnist serve run=<trained_run> *overrides`, listening on a free
+    port of `host` in a thread; yields the port."""
+    cfg = compose("serve", [f"run={trained_run}", "device=cpu", f"host={host}", *overrides])
+    listener = serve.open_socket(cfg.host, 0)
+    service = serve.make_service(cfg, load_trained(cfg.run, cfg.outputs_dir, torch.device("cpu")), torch.device("cpu"), listener)
+    server = serve.make_server(service)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            time.sleep(0.01)
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
+def status_for_host(port: int, host: str) -> tuple:
+    """(status, JSON answer) of GET /health sent to 127.0.0.1:port with this Host header."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/health", headers={"Host": host})
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+REFUSED_HOST = "this server does not answer to the host name in the request's Host header"
+
+
+def test_only_its_own_address_and_localhost_are_answered_so_dns_rebinding_cannot_reach_it(trained_run):
+    with listening(trained_run) as port:
+        for host in ("127.0.0.1", f"127.0.0.1:{port}", "localhost", f"LocalHost:{port}", "[::1]", f"[::1]:{port}", "localhost."):
+            assert status_for_host(port, host) == (200, {"status": "ok"}), host
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.nip.io", "localhost.evil.example", "192.168.1.5", ""):
+            status, answer = status_for_host(port, host)
+            assert status == 421 and answer["error"].startswith(REFUSED_HOST), (host, answer)
+        assert "allowed_hosts=[evil.example]" in status_for_host(port, "evil.example:80")[1]["error"]
+
+
+def test_allowed_hosts_adds_names_and_star_allows_any(trained_run):
+    with listening(trained_run, "allowed_hosts=[digits.lan,10.0.0.7:8000]") as port:
+        assert [status_for_host(port, h)[0] for h in ("digits.lan", f"DIGITS.lan:{port}", "10.0.0.7", "localhost", "evil.example")] == [200, 200, 200, 200, 421]
+    with listening(trained_run, "allowed_hosts=[*]") as port:
+        assert status_for_host(port, "evil.example")[0] == 200
+
+
+def test_on_every_interface_any_address_is_answered_but_a_name_must_be_allowed(trained_run):
+    with listening(trained_run, host="0.0.0.0") as port:  # an address cannot be rebound by a web page; a name can
+        assert [status_for_host(port, h)[0] for h in ("192.168.1.5:8000", "[fe80::1]", "localhost", "box.lan")] == [200, 200, 200, 421]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["Content-Length", "chunked"])
+def test_urllib_gets_the_413_for_a_body_over_the_limit_not_a_reset_connection(trained_run, chunked):
+    with listening(trained_run, "max_body_mb=1") as port:
+        body = b"\0" * 6_000_000
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=iter([body]) if chunked else body,
+                                         headers={"Content-Type": "image/png", **({"Transfer-Encoding": "chunked"} if chunked else {})})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413
+        assert json.loads(refused.value.read())["error"].startswith("the request body is over 1 MB")
 
 
 # ---- a real `mnist serve` process ------------------------------------------------------------------
