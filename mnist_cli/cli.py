@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from mnist_cli import streams
-from mnist_cli.errors import UserError
+from mnist_cli.errors import UserError, first_line
 
 COMMANDS = {
     "train": "train a model on MNIST or FashionMNIST; writes a run folder under outputs/train/",
@@ -423,6 +423,12 @@ def run_hydra_app(command: str, args: List[str]) -> int:
                 sys.exit(1)
             _discard_unless_resumed(command, cfg, runtime)
             sys.exit(2)
+        except Exception as error:  # a bug: its traceback follows; the run folder says the run failed
+            if command == "train":
+                from mnist_cli import runs
+
+                runs.record_failure(runtime.runtime.output_dir, f"{type(error).__name__}: {first_line(error)}", list(runtime.overrides.task))
+            raise
         finally:
             from mnist_cli import runs
 

@@ -22,3 +22,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not mps_ok:
         raise UserError("device=mps was asked for but MPS is not available; use device=cpu or device=auto.")
     return torch.device(name)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is torch saying an allocation failed: the CPU allocator's RuntimeError ("can't allocate
+    memory"), CUDA's OutOfMemoryError, MPS's "out of memory" (torch gives the CPU and MPS cases no type of their own)."""
+    cuda_oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    text = str(error)
+    return isinstance(error, (MemoryError, cuda_oom)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -40,15 +41,30 @@ def _os_error(error: Optional[BaseException]) -> Optional[OSError]:
     return error
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def _temp_name(name: str) -> str:
+    """`.<name>.<pid>.tmp`, with `name` shortened (and a hash of it kept) where that would pass NAME_MAX,
+    so any valid file name can be written atomically."""
+    tail = f".{os.getpid()}.tmp"
+    raw = os.fsencode(name)
+    if 1 + len(raw) + len(tail) > NAME_MAX:
+        digest = hashlib.sha1(raw).hexdigest()[:8]
+        kept = raw[: NAME_MAX - 1 - len(tail) - 9].decode("utf-8", "ignore")  # no character cut in half
+        return f".{kept}~{digest}{tail}"  # lock_run's `.*.tmp` still finds it
+    return f".{name}{tail}"
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call write(file) on a temp file next to `path` (.<name>.<pid>.tmp; one a kill -9 leaves is
+    """Call write(file) on a temp file next to `path` (_temp_name: .<name>.<pid>.tmp; one a kill -9 leaves is
     removed by the next lock_run), fsync it, then rename it over `path`.
 
     An OSError (a full disk, no permission) raises WriteFailed naming the path; `path` keeps
     its previous content.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(_temp_name(path.name))
     try:
         with open(tmp, "wb") as file:
             write(file)
@@ -99,13 +115,23 @@ def write_jsonl(path: Path, rows: Iterable[Dict]) -> None:
     atomic_write(path, lambda f: f.write("".join(strict_json(row) + "\n" for row in rows).encode()))
 
 
+def readable(text: str) -> str:
+    """`text` with the bytes of a non-UTF-8 file name (Python's surrogate escapes) written as `\\xe9`:
+    printable and encodable, and two such names stay apart."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: \udxxx
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_csv(path: Path, rows: Iterable[Dict], columns: Sequence[str]) -> None:
     """A header of `columns`, then one line per row (keys not in `columns` left out), written atomically."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    # a file name that is not UTF-8 (surrogate escapes) is written as \\xe9, never a crash
+    atomic_write(path, lambda f: f.write(readable(text.getvalue()).encode()))
 
 
 @dataclass
@@ -258,7 +284,7 @@ def discard_unstarted(run_dir: Path) -> None:
         return
     unlock_run(run_dir)
     entries = {p.name for p in run_dir.iterdir()}
-    if not entries <= {".hydra", "train.log", "checkpoints", LOCK_FILE}:
+    if not entries <= {".hydra", "train.log", "checkpoints", "model.txt", LOCK_FILE}:
         return
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         return

@@ -8,6 +8,7 @@ The state that changes as training goes on is one `runs.RunState`, passed explic
 from __future__ import annotations
 
 import math
+import os
 import platform
 import signal
 import time
@@ -23,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cli import checkpoints, console, distributed, metrics, runs
 from mnist_cli.augment import from_config
 from mnist_cli.data import Split, TrainData, batches_per_epoch, epoch_generator, eval_batches, load_train_data, normalize, train_batches
-from mnist_cli.devices import resolve_device
+from mnist_cli.devices import out_of_memory, resolve_device
 from mnist_cli.distributed import World, all_sum, any_true
 from mnist_cli.ema import WeightAverage
-from mnist_cli.errors import RunFailed
+from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.interrupt import Interrupted, StopRequest
 from mnist_cli.loggers import Loggers, start_loggers
 from mnist_cli.models import build_model, count_parameters, for_inference, layer_summary
@@ -177,6 +178,19 @@ def chance_level(data: TrainData) -> Tuple[float, int]:
     return torch.bincount(labels).max().item() / len(labels), len(labels)
 
 
+def start_notes(cfg: DictConfig, data: TrainData) -> List[str]:
+    """Sentences about settings that are taken but are likely not what was meant."""
+    notes = []
+    cores = os.cpu_count() or 1
+    if cfg.threads is not None and cfg.threads > cores:
+        notes.append(f"threads={cfg.threads} is more than this machine's {cores} cores; the threads take turns, "
+                     "which is usually slower than threads=null.")  # fmt: skip
+    if not len(data.val) and cfg.data.val_size is None:
+        notes.append(f"no validation split: data.val_size=null holds out 1/12 of the training images, none of "
+                     f"{len(data.train)}; set data.val_size, or raise data.limit.")  # fmt: skip
+    return notes
+
+
 def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
     """A sentence when the best accuracy is within 3 standard errors of chance level, else None."""
     chance, n = chance_level(data)
@@ -227,8 +241,22 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     try:
         return _train(cfg, Path(run_dir), list(overrides or []), resume_state, original_overrides, device, world, started,
                       started_at, trial)  # fmt: skip
+    except Exception as error:
+        if not out_of_memory(error):
+            raise
+        raise UserError(memory_sentence(cfg, device)) from None
     finally:
         distributed.leave(world)
+
+
+def memory_sentence(cfg: DictConfig, device: torch.device) -> str:
+    """Why a run that ran out of memory did, with the sizes asked for (the model counted on the meta device,
+    which allocates nothing)."""
+    with torch.device("meta"):
+        params = count_parameters(build_model(cfg.model, num_classes=len(cfg.dataset.classes)))
+    return (f"{device} ran out of memory: model={cfg.model.name} with these sizes has {params:,} parameters "
+            f"({params * 4 / 2**30:,.1f} GiB as float32, more for the optimizer's state) at batch_size={cfg.batch_size}; "
+            "choose smaller model.* sizes or a smaller batch_size.")  # fmt: skip
 
 
 def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_overrides, device, world: World,
@@ -268,9 +296,6 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        note = runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
-        if note:
-            console.say(f"note: {note}")
         runs.atomic_write(run_dir / "model.txt", lambda f: f.write(console.render_text(table).encode()))
         run.loggers = start_loggers(cfg.logger, run_dir, run.config, state.history, state.epoch * steps_per_epoch + state.step)
     console.show_table(table)
@@ -281,6 +306,8 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
         + (f", {cfg.precision}" if cfg.precision != "fp32" else "")
         + (f", {world.size} processes" if world.size > 1 else "")
     )
+    for note in start_notes(cfg, data):
+        console.say(f"note: {note}")
 
     sums = None
     if resume_state is not None:
@@ -289,6 +316,10 @@ def _train(cfg, run_dir: Path, overrides: List[str], resume_state, original_over
         if main:  # metrics files as the checkpoint knows them: no torn line, no epoch twice
             metrics.write_epochs(run_dir, state.history)
         console.say(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+    if main:  # only now: a run that failed to start never becomes `latest`
+        note = runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
+        if note:
+            console.say(f"note: {note}")
 
     status = "completed"
     with StopRequest() as stop:
