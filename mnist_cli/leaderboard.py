@@ -1,18 +1,20 @@
 """Leaderboards: every run folder below a path, one row each, sorted by a summary metric.
 
-Used when a sweep ends (a Hydra callback) and by `mnist report`, which also puts runs that differ
-only in `seed` in one row: each metric's mean ± standard deviation over the seeds, and n. Reads summary.json,
-metrics.jsonl and .hydra/overrides.yaml; never imports torch. Reading is tolerant: a damaged
-file makes its run a `damaged` row that says why, and the other runs are shown as usual.
-Writing (leaderboard.csv/json) is atomic and raises WriteFailed.
+Used when a sweep ends (a Hydra callback) and by `mnist report`, which also puts runs that are the
+same experiment but for `seed` in one row: each metric's mean ± standard deviation over the seeds,
+and n. Reads summary.json, metrics.jsonl and .hydra/{config,overrides}.yaml; never imports torch.
+Reading is tolerant: a damaged file makes its run a `damaged` row that says why, and the other runs
+are shown as usual. The table shows the columns that fit the console, most telling first, and never
+cuts a number. Writing (leaderboard.csv/json) is atomic and raises WriteFailed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mnist_cli import metrics, runs
 from mnist_cli.errors import WriteFailed
@@ -22,6 +24,11 @@ METRIC_COLUMNS = tuple(m.column for m in metrics.SUMMARY_METRICS.values())
 # `epochs_done`, not `epochs`: an `epochs=3` override is a column of its own (the planned epochs)
 COLUMNS = (*METRIC_COLUMNS, "epochs_done", "status")
 BY_COLUMN = {m.column: m for m in metrics.SUMMARY_METRICS.values()}
+# Config keys (and key prefixes) that do not change what a run learns: runs alike in everything else
+# but seed are one experiment. Not resume.CHANGEABLE: epochs and precision may change on resume, and
+# they change the numbers.
+NOT_THE_EXPERIMENT = ("seed", "device", "threads", "eval_batch_size", "data.root", "data.download", "checkpoint",
+                      "outputs_dir", "resume", "logger", "optimized_metric")  # fmt: skip
 
 
 def sort_metric(sort: str) -> Optional[metrics.SummaryMetric]:
@@ -30,11 +37,27 @@ def sort_metric(sort: str) -> Optional[metrics.SummaryMetric]:
     return metrics.SUMMARY_METRICS.get(sort) or BY_COLUMN.get(sort)
 
 
+def natural_key(text: str) -> list:
+    """`text` as a sort key in which whole numbers compare as numbers: job 2 before job 11, seed 2 before 10."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+
+
+def _through_link(run: Path, top: Path) -> bool:
+    folder = top
+    for part in run.relative_to(top).parts:
+        folder = folder / part
+        if folder.is_symlink():
+            return True
+    return False
+
+
 def find_runs(path: Path) -> List[Path]:
-    """Run folders at or below `path`: folders holding summary.json or metrics.jsonl."""
-    path = Path(path)
+    """Run folders at or below `path` (which may itself be a link), in natural order: folders holding
+    summary.json or metrics.jsonl. A link below `path` (outputs/train/latest) is skipped: its run is
+    found where it really is, once."""
+    path = Path(path).resolve()
     found = {p.parent for name in ("summary.json", "metrics.jsonl") for p in path.rglob(name)}
-    return sorted(run for run in found if not run.is_symlink() and "latest" not in run.relative_to(path).parts)
+    return sorted((run for run in found if not _through_link(run, path)), key=lambda run: natural_key(str(run)))
 
 
 def read_summary(run_dir: Path) -> Tuple[Dict, Optional[str]]:
@@ -73,27 +96,91 @@ def read_epochs(run_dir: Path) -> Tuple[List[Dict], Optional[str]]:
     return epochs, None
 
 
+_NO_FILE = object()
+
+
+def _read_yaml(path: Path) -> Tuple[Any, Optional[str]]:
+    """(the YAML document at `path`, _NO_FILE when there is none or None when it is damaged; what is
+    wrong with it, or None)."""
+    import yaml
+
+    name = f"{path.parent.name}/{path.name}"
+    try:
+        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), None  # C: fast
+    except FileNotFoundError:
+        return _NO_FILE, None
+    except OSError as error:
+        return None, f"{name} could not be read ({error.strerror})"
+    except (ValueError, yaml.YAMLError):
+        return None, f"{name} is not valid YAML"
+
+
+def _as_dict(items: List[str]) -> Dict[str, str]:
+    """Overrides (`key=value`, `+key=value`) as {key: value}."""
+    return {item.split("=", 1)[0].lstrip("+~"): item.split("=", 1)[1] for item in items if "=" in item}
+
+
+def _is_overrides(items) -> bool:
+    return isinstance(items, list) and all(isinstance(item, str) for item in items)
+
+
 def read_overrides(run_dir: Path) -> Tuple[Dict[str, str], Optional[str]]:
     """(the command-line overrides of a run as {key: value} from .hydra/overrides.yaml, {} when
     there is none or it is damaged; what is wrong with it, or None)."""
-    import yaml
-
-    try:
-        items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-    except FileNotFoundError:
-        return {}, None
-    except OSError as error:
-        return {}, f".hydra/overrides.yaml could not be read ({error.strerror})"
-    except (ValueError, yaml.YAMLError):
-        return {}, ".hydra/overrides.yaml is not valid YAML"
-    if not isinstance(items, (list, type(None))) or not all(isinstance(item, str) for item in items or []):
+    items, problem = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
+    if problem or items is _NO_FILE:
+        return {}, problem
+    if not _is_overrides(items or []):
         return {}, ".hydra/overrides.yaml is not a list of overrides"
-    overrides = {}
-    for item in items or []:
-        if "=" in item:
-            key, value = item.split("=", 1)
-            overrides[key.lstrip("+~")] = value
-    return overrides, None
+    return _as_dict(items or []), None
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {key: value for k, v in node.items() for key, value in _flatten(v, f"{prefix}{k}.").items()}
+
+
+def read_config(run_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(the config a run started with, from .hydra/config.yaml, as {dotted key: value}; None when
+    there is none or it is damaged; what is wrong with it, or None)."""
+    config, problem = _read_yaml(run_dir / ".hydra" / "config.yaml")
+    if problem or config is _NO_FILE:
+        return None, problem
+    if not isinstance(config, dict):
+        return None, ".hydra/config.yaml is not a mapping of keys"
+    return _flatten(config), None
+
+
+def resume_changes(summary: Dict) -> Tuple[Dict[str, str], Optional[str]]:
+    """(what resuming a run changed, as overrides {key: value}: what the last resume gave besides
+    resume=, and the planned epochs as the run last ran (an earlier resume may have raised them);
+    what is wrong with summary.json's resumed_with, or None)."""
+    if "resumed_with" not in summary:
+        return {}, None
+    if not _is_overrides(summary["resumed_with"]):
+        return {}, "summary.json's resumed_with is not a list of overrides"
+    changes = {k: v for k, v in _as_dict(summary["resumed_with"]).items() if k != "resume"}
+    if isinstance(summary.get("epochs"), int) and not isinstance(summary["epochs"], bool):
+        changes["epochs"] = str(summary["epochs"])
+    return changes, None
+
+
+def _without_other_keys(values: Dict[str, Any]) -> Dict[str, Any]:
+    """`values` without the NOT_THE_EXPERIMENT keys and the keys below them."""
+    return {k: v for k, v in values.items() if not any(k == name or k.startswith(name + ".") for name in NOT_THE_EXPERIMENT)}
+
+
+def experiment(config: Optional[Dict[str, Any]], overrides: Dict[str, str], changes: Dict[str, str]) -> str:
+    """What a run is, as text that is equal for runs alike but for seed: its stored config (for a run
+    without one, its overrides) and what a resume changed in it, both without NOT_THE_EXPERIMENT keys.
+    A run resumed with more epochs is not one trained that long from the start (its lr schedule
+    changed midway), so the change stays apart from the config."""
+    if config is None:
+        base, changed = {**overrides, **changes}, {}
+    else:
+        base, changed = config, {k: v for k, v in changes.items() if str(config.get(k)) != v}
+    return json.dumps([_without_other_keys(base), _without_other_keys(changed)], sort_keys=True, default=str)
 
 
 def summary_of_epochs(epochs: List[Dict]) -> Dict:
@@ -111,16 +198,20 @@ def summary_of_epochs(epochs: List[Dict]) -> Dict:
 
 
 def run_record(run_dir: Path) -> Dict:
-    """One leaderboard row for a run folder: run (absolute path), overrides, a column per summary
-    metric, epochs_done, status and error. Each metric comes from summary.json, else from
-    metrics.jsonl (unfinished runs); a damaged file makes status `damaged` with the reason in
-    error, and keeps whatever could still be read."""
+    """One leaderboard row for a run folder: run (absolute path), overrides (those a resume gave
+    applied), seed, experiment, a column per summary metric, epochs_done, status and error. Each
+    metric comes from summary.json, else from metrics.jsonl (unfinished runs); a damaged file makes
+    status `damaged` with the reason in error, and keeps whatever could still be read."""
     summary, summary_problem = read_summary(run_dir)
     epochs, epochs_problem = read_epochs(run_dir)
     overrides, overrides_problem = read_overrides(run_dir)
-    problem = summary_problem or epochs_problem or overrides_problem
+    config, config_problem = read_config(run_dir)
+    changes, changes_problem = resume_changes(summary)
+    problem = summary_problem or epochs_problem or overrides_problem or config_problem or changes_problem
     from_epochs = summary_of_epochs(epochs)
-    record = {"run": str(run_dir.resolve()), "overrides": overrides}
+    seed = overrides.get("seed") if config is None else config.get("seed")
+    record = {"run": str(run_dir.resolve()), "overrides": {**overrides, **changes},
+              "seed": None if seed is None else str(seed), "experiment": experiment(config, overrides, changes)}  # fmt: skip
     for metric in metrics.SUMMARY_METRICS.values():
         value = metrics.summary_value(summary, metric.name)
         record[metric.column] = value if value is not None else metrics.summary_value(from_epochs, metric.name)
@@ -139,31 +230,30 @@ def rank(records: List[Dict], sort: str) -> List[Dict]:
     if metric is None:
         raise ValueError(sort)
 
-    def key(record):
+    def key(record):  # ties in the runs' natural order
         value = record[metric.column]
         if value is None:
-            return (1, 0.0)
-        return (0, value if metric.lower_is_better else -value)
+            return (1, 0.0, natural_key(record["run"]))
+        return (0, value if metric.lower_is_better else -value, natural_key(record["run"]))
 
     return sorted(records, key=key)
 
 
 def seed_groups(records: List[Dict]) -> List[List[Dict]]:
-    """`records` in groups: the finished runs whose overrides are the same but for `seed`, each seed
-    once, make a group; every other run is a group of its own (two runs with the same seed are
-    repeats, not a spread; a failed, damaged or unfinished run is shown as it is, not averaged)."""
-    by_setup: Dict[tuple, List[Dict]] = {}
+    """`records` in groups: the finished runs of one experiment (see `experiment`), each seed once,
+    make a group, in seed order; every other run is a group of its own (two runs with the same seed
+    are repeats, not a spread; a failed, damaged or unfinished run is shown as it is, not averaged)."""
+    by_experiment: Dict[str, List[Dict]] = {}
     groups = []
     for record in records:
         if record["status"] not in ("completed", "early_stopped"):
             groups.append([record])
             continue
-        setup = tuple(sorted((k, v) for k, v in record["overrides"].items() if k != "seed"))
-        by_setup.setdefault(setup, []).append(record)
-    for members in by_setup.values():
-        seeds = [m["overrides"].get("seed") for m in members]
+        by_experiment.setdefault(record["experiment"], []).append(record)
+    for members in by_experiment.values():
+        seeds = [m["seed"] for m in members]
         if len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):
-            groups.append(sorted(members, key=lambda m: m["run"]))
+            groups.append(sorted(members, key=lambda m: natural_key(m["seed"])))
         else:
             groups.extend([m] for m in members)
     return groups
@@ -179,13 +269,16 @@ def mean_and_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]
 
 
 def group_record(members: List[Dict]) -> Dict:
-    """One row for runs that differ only in seed: each metric's mean over the runs that have it,
-    `<column>_std` beside it, n (runs), the seeds as the seed override, and the runs themselves."""
+    """One row for runs of one experiment but for seed: each metric's mean over the runs that have
+    it, `<column>_std` beside it, n (runs), the seeds as the seed override, and the runs themselves.
+    An override the runs give differently (device=cpu / cuda) lists each value once, `-` for none."""
     statuses = {m["status"] for m in members}
+    keys = sorted({k for m in members for k in m["overrides"]})
+    values = {k: list(dict.fromkeys(m["overrides"].get(k, "-") for m in members)) for k in keys}
     record = {
         "run": members[0]["run"],
-        "overrides": {**{k: v for k, v in members[0]["overrides"].items() if k != "seed"},
-                      "seed": ",".join(m["overrides"]["seed"] for m in members)},
+        "overrides": {**{k: ",".join(v) for k, v in values.items()}, "seed": ",".join(m["seed"] for m in members)},
+        "seed": None,
         "n": len(members),
         "status": statuses.pop() if len(statuses) == 1 else "mixed",
         "error": "; ".join(f"{Path(m['run']).name}: {m['error']}" for m in members if m["error"]) or None,
@@ -211,6 +304,16 @@ def run_name(run: str, folder: Path) -> str:
         return str(Path(run).relative_to(Path(folder).resolve()))
     except ValueError:
         return run
+
+
+def run_label(record: Dict, folder: Path) -> str:
+    """The run column of the table: run_name, and a seed group's runs in one folder as that folder
+    and their names (`sweep/0,1,2`), short enough to read at 80 columns."""
+    names = [run_name(m["run"], folder) for m in record.get("members", [record])]
+    parents = {str(Path(name).parent) for name in names}
+    if len(names) > 1 and len(parents) == 1 and parents != {"."}:
+        return f"{parents.pop()}/{','.join(Path(name).name for name in names)}"
+    return ",".join(names)
 
 
 def rows_for_output(records: List[Dict], folder: Path) -> List[Dict]:
@@ -241,21 +344,54 @@ def _cell(header: str, value) -> str:
     return str(value)
 
 
-def render(rows: List[Dict], title: str):
-    """A rich table of `rows` (rows_for_output) without their errors; the best row highlighted,
-    failed, unfinished and damaged rows dimmed."""
+RUN_WIDTH = 16  # the run column folds a long path onto more lines down to this width; no other cell is cut
+
+
+def fitting_columns(rows: List[Dict], sort: str, width: int) -> Tuple[List[str], List[str]]:
+    """(the columns of `rows` (rows_for_output) a table `width` characters wide can show whole, in
+    table order; those left out). Taken most telling first: rank, the sort metric, the overrides
+    that differ, n, status (a word that changes what the numbers mean), run, then the other metrics;
+    rank and the sort metric always."""
+    from rich.cells import cell_len
+
+    headers = [h for h in (rows[0] if rows else {"rank": 0}) if h != "error" and not h.endswith("_std")]
+    swept = [h for h in headers if h not in ("rank", "run", "n", *COLUMNS)]
+    first = ["rank", sort_metric(sort).column, *swept, "n", "status", "run"]
+    wanted = [h for h in first if h in headers] + [h for h in headers if h not in first]
+    shown, used = set(), 1  # a table is its columns, each with a space either side and a rule after, and a rule
+    for i, header in enumerate(wanted):
+        cells = [_header(header), *(_cells(header, row) for row in rows)]
+        need = max(map(cell_len, cells)) + 3
+        if header == "run":
+            need = min(need, RUN_WIDTH + 3)
+        if i < 2 or used + need <= width:
+            shown.add(header)
+            used += need
+    return [h for h in headers if h in shown], [h for h in wanted if h not in shown]
+
+
+def _cells(header: str, row: Dict) -> str:
+    """A row's cell in `header`'s column: a mean is followed by its `± std`."""
+    std = row.get(header + "_std")
+    return _cell(header, row[header]) + (f" ± {_cell(header, std)}" if std else "")
+
+
+def render(rows: List[Dict], title: str, headers: List[str]):
+    """A rich table of `rows` (rows_for_output) in the columns `headers`, without their errors; the
+    best row highlighted, failed, unfinished and damaged rows dimmed."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    headers = [h for h in (rows[0] if rows else {"rank": 0}) if h != "error" and not h.endswith("_std")]
     for header in headers:
         numeric = header in METRIC_COLUMNS or header in ("rank", "epochs_done", "n")
-        table.add_column(_header(header), justify="right" if numeric else "left")
+        if header == "run":
+            table.add_column(_header(header), overflow="fold")
+        else:
+            table.add_column(_header(header), justify="right" if numeric else "left", no_wrap=True)
     for i, row in enumerate(rows):
         finished = row["status"] in ("completed", "early_stopped")
         style = "bold green" if i == 0 and finished else (None if finished else "dim")
-        cells = [_cell(h, row[h]) + (f" ± {_cell(h, row[h + '_std'])}" if row.get(h + "_std") else "") for h in headers]
-        table.add_row(*cells, style=style)
+        table.add_row(*(_cells(h, row) for h in headers), style=style)
     return table
 
 
@@ -285,7 +421,12 @@ def show(folder: Path, records: List[Dict], sort: str) -> None:
     rows = rows_for_output(records, folder)
     runs_found = sum(r.get("n", 1) for r in records)
     grouped = f" ({len(records)} rows: runs that differ only in seed are one row, mean ± std)" if runs_found > len(records) else ""
-    console.print(render(rows, f"{folder}: {runs_found} runs{grouped}, by {sort}"))
+    shown = [{**row, "run": run_label(record, folder)} for row, record in zip(rows, records)]
+    headers, left_out = fitting_columns(shown, sort, console.width)
+    console.print(render(shown, f"{folder}: {runs_found} runs{grouped}, by {sort}", headers))
+    if left_out:
+        console.print(f"Not shown at {console.width} columns: {', '.join(map(_header, left_out))} "
+                      "(format=json or save=true has every column).", markup=False)  # fmt: skip
     for row in rows:
         if row["error"]:
             console.print(f"{row['rank']}. {row['run']} ({row['status']}): {row['error']}", markup=False, soft_wrap=True)

@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import os
+import typing
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,13 @@ def completed(best_val_accuracy: float, **values) -> dict:
     return summary
 
 
-def make_run(path: Path, summary=None, epochs=(), overrides=()) -> Path:
+def make_run(path: Path, summary=None, epochs=(), overrides=(), config=None) -> Path:
     """A run folder as `mnist train` leaves it. `summary`: a dict, or the raw text of summary.json;
-    `epochs`: dicts, or raw lines of metrics.jsonl; `overrides`: a list, or raw bytes of overrides.yaml."""
+    `epochs`: dicts, or raw lines of metrics.jsonl; `overrides`: a list, or raw bytes of overrides.yaml;
+    `config`: a dict for .hydra/config.yaml (None: no such file)."""
     (path / ".hydra").mkdir(parents=True)
+    if config is not None:
+        OmegaConf.save(OmegaConf.create(config), path / ".hydra" / "config.yaml")
     if summary is not None:
         (path / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
     lines = [e if isinstance(e, str) else json.dumps(e) for e in epochs]
@@ -241,3 +245,62 @@ def test_runs_that_differ_only_in_seed_are_one_row_with_mean_std_and_n(tmp_path,
     assert "8 runs (4 rows" in table.stdout and "0.9800 ± 0.0100" in table.stdout and "0.9200 ± 0.0200" in table.stdout
     ungrouped = report_json(tmp_path, "group_seeds=false", env=env)
     assert len(ungrouped) == 8 and "n" not in ungrouped[0]
+
+
+def stored_config(seed: int, **values) -> dict:
+    """A .hydra/config.yaml's keys as a run stores them; `values` replace top-level keys."""
+    config = {"model": {"name": "mlp", "hidden": [64]}, "optimizer": {"name": "adam", "lr": 0.002}, "epochs": 1,
+              "seed": seed, "precision": "fp32", "device": "cpu", "threads": None, "data": {"root": "/data", "limit": None}}  # fmt: skip
+    return {**config, **values}
+
+
+def test_a_resumed_longer_run_is_not_averaged_with_its_shorter_siblings(tmp_path, env):
+    def seed_run(name, seed, accuracy, resumed_with=None, epochs=1, **config):
+        summary = completed(accuracy, epochs=epochs, epochs_completed=epochs)
+        if resumed_with is not None:  # started with epochs=1
+            summary["resumed_with"] = [f"resume={tmp_path / name}", *resumed_with]
+        started = 1 if resumed_with is not None else epochs
+        make_run(tmp_path / name, summary, [epoch_row(1, accuracy)], [f"epochs={started}", f"seed={seed}"],
+                 stored_config(seed, epochs=started, **config))  # fmt: skip
+
+    for seed in range(3):  # a 1-epoch sweep over seeds, job 0 resumed with epochs=8
+        seed_run(f"sweep/{seed}", seed, 0.9 + seed / 100, ["epochs=8"] if seed == 0 else None, 8 if seed == 0 else 1)
+    seed_run("again/1", 1, 0.95, [], epochs=8)  # resumed twice: the second time without epochs=, still 8 epochs
+    seed_run("again/2", 2, 0.96, ["epochs=8", "device=cuda"], epochs=8)  # on another device: the same experiment
+    seed_run("stopped/3", 3, 0.92, [])  # interrupted and resumed as it was: the same as a run never stopped
+    seed_run("longer/0", 0, 0.97, epochs=8)  # 8 epochs from the start: another lr schedule than 1 raised to 8
+    seed_run("longer/1", 1, 0.98, epochs=8, threads=4, data={"root": "/elsewhere", "limit": None})
+    seed_run("other-lr/0", 0, 0.5, optimizer={"name": "adam", "lr": 0.1})  # same overrides, another config
+    rows = report_json(tmp_path, env=env)
+    assert sorted((r["run"], r["epochs"], r["n"]) for r in rows) == [
+        ("longer/0,longer/1", "8", 2), ("other-lr/0", "1", 1), ("sweep/0,again/1,again/2", "8", 3),
+        ("sweep/1,sweep/2,stopped/3", "1", 3)]
+
+
+def test_the_keys_that_do_not_change_the_experiment_are_train_config_keys():
+    for key in leaderboard.NOT_THE_EXPERIMENT:  # a renamed key would leave this list stale without a word
+        node = TrainConfig
+        for part in key.split("."):
+            hints = typing.get_type_hints(node)
+            assert part in hints, f"{key} is not a key of TrainConfig"
+            node = hints[part]
+
+
+def test_runs_in_a_folder_named_latest_are_found_and_the_latest_link_is_not_followed(tmp_path, env):
+    make_run(tmp_path / "latest" / "kept", completed(0.9), [epoch_row(1, 0.9)])  # the user's own folder
+    make_run(tmp_path / "train" / "2026-12-06" / "run", completed(0.8), [epoch_row(1, 0.8)])
+    (tmp_path / "train" / "latest").symlink_to(Path("2026-12-06") / "run")  # what mnist train leaves
+    rows = report_json(tmp_path, env=env)
+    assert [r["run"] for r in rows] == ["latest/kept", "train/2026-12-06/run"]  # each run once
+    (named,) = report_json(tmp_path / "train" / "latest", env=env)  # a link named on the command line is followed
+    assert named["best_val_accuracy"] == 0.8
+
+
+def test_ties_and_seed_lists_sort_as_numbers(tmp_path, env):
+    for job in (2, 11, 24, 26, 8):
+        make_run(tmp_path / "ties" / str(job), completed(0.9), [epoch_row(1, 0.9)], [f"model=m{job}"])
+    assert [r["run"] for r in report_json(tmp_path / "ties", env=env)] == ["2", "8", "11", "24", "26"]
+    for seed in (0, 1, 10, 11, 2):
+        make_run(tmp_path / "seeds" / f"s{seed}", completed(0.9), [epoch_row(1, 0.9)], [f"seed={seed}"])
+    (group,) = report_json(tmp_path / "seeds", env=env)
+    assert (group["seed"], group["run"]) == ("0,1,2,10,11", "s0,s1,s2,s10,s11")
