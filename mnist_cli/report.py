@@ -24,9 +24,11 @@ USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|jso
 
 FOLDER defaults to outputs/. A run whose files cannot be read is a `damaged` row that says why.
 save=true writes leaderboard.csv/json, plot=true writes curves.png (validation accuracy per epoch
-of the top runs that are not damaged), both into FOLDER. Runs that differ only in seed (a sweep
-over seed=0,1,2) are one row: each metric's mean ± standard deviation, and n; group_seeds=false
-shows one row per run.
+of the top runs that are not damaged), both into FOLDER. Runs that are one experiment but for seed
+(a sweep over seed=0,1,2: stored configs equal but for seed, device, threads and other keys that do
+not change what is learned, and the same epochs= or precision= given on resume) are one row: each
+metric's mean ± standard deviation, and n; group_seeds=false shows one row per run. The table shows
+the columns that fit the terminal, never a cut number; format=json and save=true have every column.
 
 sort: a column or its summary.json name; losses and seconds lowest first, accuracies highest
 first; best_val_accuracy by default.
