@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from mnist_cli import console, figures, runs
 from mnist_cli.checkpoints import load_trained
 from mnist_cli.devices import resolve_device
-from mnist_cli.errors import UserError
-from mnist_cli.inference import load_split, predict_logits
+from mnist_cli.errors import WriteFailed
+from mnist_cli.inference import load_split, precision, predict_logits
 from mnist_cli.loggers import log_evaluation
 
 
@@ -49,10 +51,12 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
 def show_report(report: Dict) -> None:
     from rich.table import Table
 
-    console.console.print(
+    autocast = f" ({report['precision']} autocast, as the run trained)" if report["precision"] != "fp32" else ""
+    console.console.print(  # soft_wrap: the checkpoint's path stays on one line
         f"[bold]{report['dataset']} {report['split']}[/bold] ({report['samples']} images), "
-        f"{report['model']} from {report['checkpoint']}\n"
-        f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}"
+        f"{report['model']} from {escape(report['checkpoint'])}{autocast}\n"
+        f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}",
+        soft_wrap=True,
     )
     per_class = Table(title="per class", title_justify="left")
     for column in ("class", "precision", "recall", "F1", "support"):
@@ -83,6 +87,7 @@ def evaluate_command(cfg: DictConfig) -> int:
         "split": cfg.split,
         "dataset": trained.config.dataset.name,
         "model": trained.config.model.name,
+        "precision": precision(trained),  # as the run trained and validated: bf16 runs are evaluated in bf16 autocast
         "classes": trained.classes,
         **classification_report(logits, split.labels, trained.classes),
     }
@@ -91,24 +96,35 @@ def evaluate_command(cfg: DictConfig) -> int:
     report["passed"] = passed
 
     out = trained.run_dir / "eval"
-    try:
-        out.mkdir(exist_ok=True)
-        pictures = {
-            "confusion": figures.confusion_png(out / f"{cfg.split}_confusion.png", report),
-            "errors": figures.errors_png(out / f"{cfg.split}_errors.png", split, logits, trained.classes),
-        }
-        report["files"] = {name: str(path) for name, path in pictures.items()}
-        runs.write_json(out / f"{cfg.split}.json", report)
-    except OSError as error:
-        raise UserError(f"Could not write the evaluation into {out} ({error.strerror}).") from None
-    log_evaluation(trained.run_dir, trained.config.get("logger"), report, pictures)  # the run's TensorBoard / MLflow
-
+    unwritten = write_evaluation(out, report, split, logits, trained)
     if cfg.format == "json":
         print(json.dumps(report, indent=2))
     else:
         show_report(report)
-        console.console.print(f"wrote {out / (cfg.split + '.json')} and the confusion / errors pictures")
+        if unwritten is None:
+            console.say(f"wrote {out / (cfg.split + '.json')} and the confusion / errors pictures")  # say: a path is never wrapped
+    if unwritten is not None:  # the result above stands (and the gate below still counts): only the files are missing
+        print(f"warning: {unwritten} The result above is printed, not saved.", file=sys.stderr)
     if not passed:
         print(f"accuracy {report['accuracy']:.4f} is below min_accuracy {cfg.min_accuracy}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_evaluation(out: Path, report: Dict, split, logits: torch.Tensor, trained) -> Optional[str]:
+    """Write <split>.json and its pictures into `out` and add them to the run's loggers; returns None, or
+    a sentence saying what could not be written (a read-only run folder): report["files"] is then null."""
+    name = report["split"]
+    try:
+        out.mkdir(exist_ok=True)
+        pictures = {
+            "confusion": figures.confusion_png(out / f"{name}_confusion.png", report),
+            "errors": figures.errors_png(out / f"{name}_errors.png", split, logits, trained.classes),
+        }
+        report["files"] = {key: str(path) for key, path in pictures.items()}
+        runs.write_json(out / f"{name}.json", report)
+    except (OSError, WriteFailed) as error:  # WriteFailed: atomic_write's sentence, naming the file
+        report["files"] = None
+        return f"could not write the evaluation into {out} ({error.strerror})." if isinstance(error, OSError) else str(error)
+    log_evaluation(trained.run_dir, trained.config.get("logger"), report, pictures)  # the run's TensorBoard / MLflow
+    return None

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -20,8 +21,13 @@ from omegaconf import DictConfig
 from mnist_cli import console, runs
 from mnist_cli.checkpoints import Trained, load_trained
 from mnist_cli.errors import RunFailed, UserError, WriteFailed
+from mnist_cli.inference import precision
 
 FILENAMES = {"pt2": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}  # formats: config.OUTPUT_FORMATS
+SUFFIXES = {"pt2": (".pt2",), "torchscript": (".pt", ".pth"), "onnx": (".onnx",)}  # an output named for another format is refused
+# What a train run folder holds (runs.py's layout): an export never replaces these, only earlier exports.
+RUN_FILES = ("summary.json", "metrics.jsonl", "metrics.csv", "train.log", "model.txt", "loggers.json", ".lock")
+RUN_FOLDERS = (".hydra", "checkpoints", "eval", "tb")
 METADATA_FILE = "mnist_cli.json"  # the metadata inside a .pt2 or TorchScript file
 CHECK_BATCHES = (1, 8)  # the round trip is checked on random batches of these sizes (the batch size is free)
 
@@ -116,20 +122,56 @@ def round_trip_difference(fmt: str, data: bytes, wrapped: torch.nn.Module) -> fl
     return worst
 
 
+def output_path(cfg: DictConfig, trained: Trained) -> Path:
+    """Where the file goes: output= (a folder: the format's file name inside it), else next to the
+    checkpoint. Raises UserError for a suffix of another format or a file a run folder needs."""
+    target = Path(cfg.output or trained.checkpoint_path.parent).expanduser()
+    if target.is_dir() or not cfg.output or cfg.output.endswith(("/", os.sep)):
+        target = target / FILENAMES[cfg.format]
+    problem = replaces_run_file(target, trained.checkpoint_path)
+    if problem:
+        raise UserError(f"writing {target} would replace {problem}; give output= a path outside the run's files.")
+    other = next((fmt for fmt, suffixes in SUFFIXES.items() if fmt != cfg.format and target.suffix.lower() in suffixes), None)
+    if other is not None:
+        raise UserError(f"output={cfg.output} ends in {target.suffix}, the suffix of {other} files, but format={cfg.format}; "
+                        f"name it *{SUFFIXES[cfg.format][0]} or give format={other}.")  # fmt: skip
+    return target
+
+
+def replaces_run_file(target: Path, checkpoint: Path) -> Optional[str]:
+    """What writing `target` would destroy: the exported checkpoint or a file of a train run folder
+    (RUN_FILES, RUN_FOLDERS); None if nothing. The rename replaces the entry `target` names, after its
+    folder's links are followed: a link or hard link named `target` is replaced itself, never its target."""
+    entry = Path(os.path.realpath(target.parent)) / target.name
+    if entry == Path(os.path.realpath(checkpoint)):
+        return f"the checkpoint it exports ({checkpoint})"
+    run = next((p for p in entry.parents if (p / "checkpoints").is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())), None)
+    if run is None:
+        return None
+    inside = entry.relative_to(run)
+    earlier_export = inside.parent == Path("checkpoints") and entry.name in FILENAMES.values()
+    if (inside.parts[0] in RUN_FOLDERS or str(inside) in RUN_FILES) and not earlier_export:
+        return f"{inside} of the run folder {run}"
+    return None
+
+
 def export_command(cfg: DictConfig) -> int:
     """Run `mnist export`; returns the exit code."""
     trained = load_trained(cfg.run, cfg.outputs_dir, torch.device("cpu"))
+    target = output_path(cfg, trained)  # before exporting: a refused path costs no work
     wrapped = WithPreprocessing(trained.model, trained.mean, trained.std).eval()
     example = torch.rand(2, 1, 28, 28)
     data = EXPORTERS[cfg.format](wrapped, example, metadata(trained))
     difference = round_trip_difference(cfg.format, data, wrapped)
     if not difference <= 1e-3:  # nothing is written: a file that disagrees with the model is no export
         raise RunFailed(f"the {cfg.format} file gives logits up to {difference:.3g} away from the model's; it was not written.")
-    target = Path(cfg.output) if cfg.output else trained.checkpoint_path.parent / FILENAMES[cfg.format]
     try:
         runs.atomic_write(target, lambda f: f.write(data))
     except WriteFailed as error:  # output= names a folder that cannot be written: the user's to fix
         raise UserError(str(error)) from None
     console.say(f"exported {trained.config.model.name} ({trained.config.dataset.name}) as {cfg.format}: {target}")
     console.say(f"checked in its runtime: max abs difference from the model's logits {difference:.2g} on {sum(CHECK_BATCHES)} random images")
+    if precision(trained) != "fp32":  # eval, predict and serve run it in the run's precision; the file is float32
+        console.say(f"the file computes in float32, while the run trained (and mnist eval runs it) in {precision(trained)} autocast: "
+                    "its accuracy may differ slightly.")  # fmt: skip
     return 0

@@ -7,38 +7,55 @@ probabilities, and probabilities into the rows predict writes and serve returns.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cli.checkpoints import Trained
-from mnist_cli.data import Split, load_dataset, load_train_data, normalize
+from mnist_cli.data import Split, load_dataset, load_train_data, normalize, split_indices
 from mnist_cli.errors import UserError
 
 
 def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split:
     """The split the user asked for, from the run's dataset (val/train: the run's own fixed split)."""
+    return load_positions(trained, cfg, device)[0]
+
+
+def load_positions(trained: Trained, cfg: DictConfig, device: torch.device) -> Tuple[Split, torch.Tensor, int]:
+    """(the split as load_split gives it, each of its rows' position in the dataset's own file (the
+    test file for test, the training file for train and val: torchvision's numbering), how many of
+    that file's images the run uses (data.limit))."""
     run_cfg = trained.config
     root = cfg.data.root if cfg.data.root is not None else run_cfg.data.root
     if cfg.split == "test":
-        test = load_dataset(root, run_cfg.dataset.folder, train=False, download=cfg.data.download)
-        return Split(test.images.to(device), test.labels.to(device))
+        test = load_dataset(root, run_cfg.dataset.folder, train=False, download=cfg.data.download,
+                            classes=len(run_cfg.dataset.classes))
+        return Split(test.images.to(device), test.labels.to(device)), torch.arange(len(test)), len(test)
     train_cfg = OmegaConf.merge(run_cfg, {"data": {"root": root, "download": cfg.data.download}})
     data = load_train_data(train_cfg, device)
     if cfg.split == "val" and len(data.val) == 0:
         raise UserError("the run trained with data.val_size=0: it has no validation split; use split=test.")
-    return data.val if cfg.split == "val" else data.train
+    used = len(data.train) + len(data.val)
+    val_positions, train_positions = split_indices(used, len(data.val), run_cfg.data.split_seed)  # as load_train_data drew them
+    return (data.val, val_positions, used) if cfg.split == "val" else (data.train, train_positions, used)
+
+
+def precision(trained: Trained) -> str:
+    """The precision the run trained and validated in: fp32 or bf16 (older checkpoints: fp32)."""
+    return trained.config.get("precision", "fp32")
 
 
 @torch.no_grad()
 def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits (N, classes) for uint8 images (N, 28, 28) already on the model's device."""
-    chunks = [
-        trained.model(normalize(images[i : i + batch_size], trained.mean, trained.std))
-        for i in range(0, len(images), batch_size)
-    ]
+    """Logits (N, classes) for uint8 images (N, 28, 28) already on the model's device, computed in the
+    run's precision (bf16 autocast, as training validated), so `mnist eval split=val` is training's number."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision(trained) == "bf16"):
+        chunks = [
+            trained.model(normalize(images[i : i + batch_size], trained.mean, trained.std))
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(chunks).float()
 
 

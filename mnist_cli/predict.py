@@ -7,17 +7,19 @@ predict run folder. Exit 0 when every input was predicted, 1 when some failed, 2
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from mnist_cli import console, figures, runs
 from mnist_cli.checkpoints import load_trained
 from mnist_cli.devices import resolve_device
 from mnist_cli.errors import UserError
 from mnist_cli.images import ImageError, find_images, prepare
-from mnist_cli.inference import load_split, probabilities, to_rows
+from mnist_cli.inference import load_positions, probabilities, to_rows
 
 CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
 INPUTS_PNG_LIMIT = 100  # inputs drawn in inputs.png: a picture of thousands is unreadable and took minutes
@@ -27,21 +29,38 @@ def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
     """One entry per input, in order: {"input", "image"} or {"input", "error"}; samples add "label"."""
     entries: List[Dict] = []
     for path in find_images(list(cfg.inputs), cfg.recursive):
+        name = runs.readable(str(path))  # a name that is not UTF-8 still gets its row, written as caf\xe9.png
         try:
-            entries.append({"input": str(path), "image": prepare(path, trained.config.dataset.name)})
+            entries.append({"input": name, "image": prepare(path, trained.config.dataset.name)})
         except ImageError as error:
-            entries.append({"input": str(path), "error": str(error)})
+            entries.append({"input": name, "error": str(error)})
     if cfg.indices:
-        split = load_split(trained, cfg, device)
-        for index in cfg.indices:
-            if not 0 <= index < len(split):
-                raise UserError(f"indices: {index} is outside the {cfg.split} split (0..{len(split) - 1}).")
-            entries.append({
-                "input": f"{cfg.split}[{index}]",
-                "image": split.images[index].cpu().numpy(),
-                "label": trained.classes[int(split.labels[index])],
-            })  # fmt: skip
+        entries += sample_entries(cfg, trained, device)
     return entries
+
+
+def sample_entries(cfg: DictConfig, trained, device) -> List[Dict]:
+    """Entries for indices=: positions in the dataset's own file (test: the test file; train and val: the
+    training file, as torchvision numbers them), each required to lie in the run's `split`."""
+    split, positions, used = load_positions(trained, cfg, device)
+    row_of = {position: row for row, position in enumerate(positions.tolist())}
+    entries = []
+    for index in cfg.indices:
+        if index not in row_of:
+            raise UserError(outside_split(index, cfg.split, used))
+        row = row_of[index]
+        entries.append({"input": f"{cfg.split}[{index}]", "image": split.images[row].cpu().numpy(),
+                        "label": trained.classes[int(split.labels[row])]})  # fmt: skip
+    return entries
+
+
+def outside_split(index: int, split: str, used: int) -> str:
+    """Why dataset position `index` is not in the run's `split` (of `used` images in its file)."""
+    images = "test" if split == "test" else "training"
+    if not 0 <= index < used:
+        return f"indices: {index} is outside the run's {used} {images} images (0..{used - 1})."
+    other = "val" if split == "train" else "train"
+    return f"indices: image {index} of the training file is in the run's {other} split, not its {split} split; use split={other} for it."
 
 
 def write_rows(out: Path, rows: List[Dict]) -> None:
@@ -51,19 +70,32 @@ def write_rows(out: Path, rows: List[Dict]) -> None:
     runs.write_csv(out / "predictions.csv", flat, CSV_COLUMNS)
 
 
+def common_folder(rows: List[Dict]) -> Optional[str]:
+    """The folder holding every image file of `rows` (rows with a label are dataset samples); None if none."""
+    files = [os.path.abspath(row["input"]) for row in rows if row["label"] is None]
+    return os.path.commonpath([os.path.dirname(f) for f in files]) if files else None
+
+
 def show_rows(rows: List[Dict], topk: int) -> None:
+    """The table: image files by their path below the folder that holds them all (said above the
+    table), so the part of a long path that differs is what shows."""
     from rich.table import Table
 
+    folder = common_folder(rows)
+    if folder is not None:
+        console.say(f"image files in {os.path.join(folder, '')}")  # with its trailing slash
     table = Table()
     for column in ("input", "predicted", "confidence", f"top {topk}"):
-        table.add_column(column, justify="right" if column == "confidence" else "left")
+        overflow = "ellipsis" if column in ("predicted", "confidence") else "fold"  # names and errors wrap, never cut
+        table.add_column(column, justify="right" if column == "confidence" else "left", overflow=overflow)
     for row in rows:
+        name = os.path.relpath(os.path.abspath(row["input"]), folder) if row["label"] is None else row["input"]
         if row["error"]:
-            table.add_row(row["input"], "[red]error[/red]", "", row["error"])
+            table.add_row(escape(name), "[red]error[/red]", "", escape(row["error"]))
             continue
         label = f" (true {row['label']})" if row["label"] is not None else ""
         top = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["topk"])
-        table.add_row(row["input"], f"{row['predicted']}{label}", f"{row['confidence']:.3f}", top)
+        table.add_row(escape(name), escape(f"{row['predicted']}{label}"), f"{row['confidence']:.3f}", escape(top))
     console.console.print(table)
 
 
@@ -89,9 +121,9 @@ def predict_command(cfg: DictConfig, run_dir: Path) -> int:
         print(json.dumps({"run": str(trained.run_dir), "checkpoint": str(trained.checkpoint_path), "output_dir": str(out), "predictions": rows}, indent=2))
     else:
         show_rows(rows, cfg.topk)
-        console.console.print(f"{len(rows) - failed} predicted, {failed} failed; wrote {out / 'predictions.csv'}")
+        console.say(f"{len(rows) - failed} predicted, {failed} failed; wrote {out / 'predictions.csv'}")  # say: a path is never wrapped
         if cfg.save_inputs and len(images) > INPUTS_PNG_LIMIT:
-            console.console.print(f"inputs.png shows the first {INPUTS_PNG_LIMIT} of {len(images)} inputs.")
+            console.say(f"inputs.png shows the first {INPUTS_PNG_LIMIT} of {len(images)} inputs.")
     if not images:
         return 2
     return 1 if failed else 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,62 @@ def test_min_accuracy_gates_on_both_sides_of_the_measured_accuracy(test_report, 
         assert "Traceback" not in above.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["eval is a file", "eval/test.json is a folder"])
+def test_eval_that_cannot_write_its_files_prints_the_result_and_still_gates(damage, test_report, trained_run, workdir, cli_env, tmp_path):
+    run = tmp_path / "run"  # a copy: as if the run folder were read-only (the tests run as root, so chmod would not do)
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "tb"))
+    if damage == "eval is a file":
+        (run / "eval").write_text("")
+        result = run_mnist("eval", f"run={run}", "format=json", f"min_accuracy={min(1.0, test_report['accuracy'] + 0.005):.4f}",
+                           cwd=workdir, env=cli_env)  # fmt: skip
+        assert result.returncode == (1 if test_report["accuracy"] < 1.0 else 0)  # the gate, never 2
+        report = json.loads(result.stdout)
+        assert report["accuracy"] == test_report["accuracy"] and report["files"] is None
+        assert f"warning: could not write the evaluation into {run / 'eval'} (File exists). The result above is printed, not saved." in result.stderr
+    else:
+        (run / "eval" / "test.json").mkdir(parents=True)
+        result = run_mnist("eval", f"run={run}", f"min_accuracy={test_report['accuracy'] - 0.01:.4f}", cwd=workdir, env=cli_env)
+        assert result.returncode == 0, result.stderr  # passed the gate; it was 1, the failed-gate code
+        assert f"accuracy {test_report['accuracy']:.2%}" in result.stdout and "confusion matrix" in result.stdout
+        assert f"warning: could not write {run / 'eval' / 'test.json'} (Is a directory)" in result.stderr
+        assert "wrote " not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_bf16_run_is_evaluated_as_it_trained(workdir, cli_env, tmp_path):
+    trained = run_mnist("train", "model=mlp", "epochs=1", "data.val_size=100", "device=cpu", "precision=bf16", cwd=tmp_path, env=cli_env)
+    assert trained.returncode == 0, trained.stderr
+    best = json.loads((tmp_path / trained.stdout.strip().splitlines()[-1] / "summary.json").read_text())["best"]
+    result = run_mnist("eval", "run=latest", "split=val", "format=json", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["accuracy"] == best["val_accuracy"]
+    assert report["loss"] == pytest.approx(best["val_loss"], rel=1e-5)  # fp32 gave another number (6e-4 apart here)
+    assert report["precision"] == "bf16"
+
+
+def test_predict_indices_are_positions_in_the_dataset_file(trained_run, workdir, cli_env, data_root):
+    from mnist_cli.data import split_indices
+
+    split_seed = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)["config"]["data"]["split_seed"]
+    val_positions, train_positions = (p.tolist() for p in split_indices(600, 100, split_seed))
+    with gzip.open(data_root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz") as file:
+        labels = list(file.read()[8:])  # the training file's labels, in its own order
+    for split, positions in (("train", sorted(train_positions)[:6]), ("val", sorted(val_positions)[:3])):
+        result = run_mnist("predict", "run=latest", f"split={split}", f"indices=[{','.join(map(str, positions))}]", "format=json",
+                           cwd=workdir, env=cli_env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)["predictions"]
+        assert [r["input"] for r in rows] == [f"{split}[{p}]" for p in positions]
+        assert [r["label"] for r in rows] == [str(labels[p]) for p in positions]  # were the shuffled split's rows
+    refused = run_mnist("predict", "run=latest", "split=train", f"indices=[{val_positions[0]}]", cwd=workdir, env=cli_env)
+    assert refused.returncode == 2
+    assert refused.stderr == (f"mnist predict: indices: image {val_positions[0]} of the training file is in the run's val split, "
+                              "not its train split; use split=val for it.\n")  # fmt: skip
+
+
 def save_variants(image: np.ndarray, folder: Path, name: str) -> dict:
     """The same 28x28 sample as files a user might have: {variant: path}."""
     pil = Image.fromarray(image)
@@ -98,7 +156,7 @@ def save_variants(image: np.ndarray, folder: Path, name: str) -> dict:
 
 @pytest.mark.slow
 def test_predict_on_files_agrees_with_the_model_on_the_samples(trained_run, workdir, cli_env, data_root, tmp_path):
-    from torchvision.datasets import MNIST
+    from mnist_cli.data import load_dataset
 
     indices = list(range(40))
     samples = run_mnist("predict", "run=latest", f"indices=[{','.join(map(str, indices))}]", "format=json",
@@ -106,8 +164,7 @@ def test_predict_on_files_agrees_with_the_model_on_the_samples(trained_run, work
     assert samples.returncode == 0, samples.stderr
     expected = [row["predicted"] for row in json.loads(samples.stdout)["predictions"]]
 
-    cache_root = next(Path(cli_env["XDG_CACHE_HOME"]).glob("mnist-cli/extracted/*"))
-    images = MNIST(str(cache_root), train=False).data.numpy()
+    images = load_dataset(str(data_root), "MNIST", train=False, download=False, classes=10).images.numpy()
     variants = {}
     for i in indices:
         for variant, path in save_variants(images[i], tmp_path, f"s{i:03d}").items():

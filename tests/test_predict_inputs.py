@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -127,3 +128,36 @@ def test_a_16_bit_or_float_image_is_scaled_not_clipped(mode, tmp_path):
     reference = tmp_path / "narrow.png"
     Image.fromarray((wide / top * 255).round().astype(np.uint8), "L").save(reference)
     assert np.array_equal(prepare(path, "mnist"), prepare(reference, "mnist"))  # the same as its 8-bit copy
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_row_written_readably(trained_run, workdir, cli_env, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    bar_png(folder / "good.png", 60)
+    bar_png(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.png")), 60)  # Latin-1 bytes: no UTF-8 name
+    Path(os.fsdecode(bytes(folder) + b"/notes\xff.png")).write_text("not an image")
+    result, rows, out = predict_rows(workdir, cli_env, f"inputs=[{folder}]")
+    assert result.returncode == 1, result.stderr  # notes\xff.png failed, the rest was predicted
+    assert "Traceback" not in result.stderr
+    assert [Path(r["input"]).name for r in rows] == ["caf\\xe9.png", "good.png", "notes\\xff.png"]
+    assert rows[0]["predicted"] == rows[1]["predicted"] and rows[2]["error"] == "not an image file"
+    csv_lines = (out / "predictions.csv").read_text(encoding="utf-8").splitlines()  # strict UTF-8
+    assert [line.split(",")[0] for line in csv_lines[1:]] == [r["input"] for r in rows]
+    assert "caf\\xe9.png" in result.stdout and "notes\\xff.png" in result.stdout
+
+
+def test_long_paths_stay_whole_in_predicts_table_and_closing_line(trained_run, workdir, cli_env, tmp_path):
+    folder = tmp_path / "scans" / ("a_rather_long_folder_name_" * 7)  # wider than the 160 columns of a log
+    folder.mkdir(parents=True)
+    names = [f"digit_{i}.png" for i in range(3)]
+    for name in names:
+        bar_png(folder / name, 60)
+    outputs = tmp_path / ("predictions_kept_in_a_rather_long_folder_name_" * 3)
+    result = run_mnist("predict", f"run={trained_run}", f"inputs=[{folder}]", f"outputs_dir={outputs}", cwd=workdir, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert f"image files in {folder}/\n" in result.stdout  # the folder once, on one line
+    table = result.stdout.split("\n", 1)[1]
+    for name in names:
+        assert f" {name} " in table  # the part that differs, whole (it was cut to `scans/a_rather_long_folder_f…`)
+    (csv,) = outputs.glob("predict/*/*/predictions.csv")
+    assert f"3 predicted, 0 failed; wrote {csv}\n" in result.stdout  # never wrapped mid-path
