@@ -258,6 +258,15 @@ def write_results(sweep_dir: Path, study, location: str, settings, metric: str) 
             f"{' '.join(f'{k}={v}' for k, v in best.params.items())}; run folder: {best.user_attrs[RUN]}")  # fmt: skip
 
 
+def damaged(location: str, error: BaseException) -> str:
+    """The sentence for a study whose storage answers with a damaged database."""
+    from mnist_cli import study as studies
+
+    return (f"the Optuna storage {studies.shown(location)} is damaged ({studies.innermost_reason(error)}); move it away "
+            "and run the search again, or give another hydra.sweeper.study_name (the trials' results stay in their run "
+            "folders: mnist report outputs/multirun).")  # fmt: skip
+
+
 def open_study(settings, config: DictConfig, space: SearchSpace, direction: str):
     """(the study, its storage location, the lock file): created, or loaded when the same command
     (or a worker beside this one) made it; a study made by another command is refused."""
@@ -279,6 +288,8 @@ def open_study(settings, config: DictConfig, space: SearchSpace, direction: str)
             made_with = study.user_attrs.get(studies.SETUP)
             if made_with is None:
                 study.set_user_attr(studies.SETUP, space.setup)
+    except studies.damaged_storage_errors() as error:
+        refuse(damaged(location, error))
     except Exception as error:  # a bad URL, an unreachable server, an unwritable folder
         refuse(f"the Optuna storage {studies.shown(location)} cannot be opened ({first_line(error)}).")
     where = f"study {name} in {studies.shown(location)}"
@@ -358,30 +369,12 @@ def launch_round(study, launcher, batch: List, jobs: List[List[str]], job_idx: i
         settle(study, trial.number, run_dir, metric, "its job ended")
 
 
-def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
-    """Run trials until the study has hydra.sweeper.n_trials of them (this process and any other
-    working on the study together)."""
-    try:
-        import optuna
-    except ImportError:
-        refuse("hparams_search=optuna needs Optuna: pip install 'mnist-cli[optuna]'.")
-    from mnist_cli import study as studies
-    from mnist_cli.config import check_config
-    from mnist_cli.errors import UserError
-    from mnist_cli.launchers import jobs_at_once
+def run_trials(study, settings, launcher, space: SearchSpace, location, lock, width: int, direction: str, metric: str) -> None:
+    """Ask, launch and tell rounds of trials until the study holds hydra.sweeper.n_trials of them."""
+    import optuna
 
-    metric = config.optimized_metric
-    direction = _check(settings, metric)
-    try:  # a mistake every trial would make is refused once, here
-        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        check_config(task, "train", list(arguments))
-    except UserError as error:
-        refuse(str(error))
-    _check_sampler(settings)
-    space = search_space(settings.params, arguments)
-    _check_values(space)
-    study, location, lock = open_study(settings, config, space, direction)
-    width = settings.n_jobs or jobs_at_once(config.hydra.launcher)
+    from mnist_cli import study as studies
+
     say(f"optuna study {study.study_name} ({direction} {metric}, {settings.pruner} pruner) in {studies.shown(location)}: "
         f"{studies.counted(study.get_trials(deepcopy=False))} of {settings.n_trials} trials done or running")  # fmt: skip
     job_idx, rounds = 0, 0
@@ -406,6 +399,39 @@ def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
     running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
         say(f"{running} trials of study {study.study_name} are still running in other workers")
+
+
+def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
+    """Run trials until the study has hydra.sweeper.n_trials of them (this process and any other
+    working on the study together)."""
+    try:
+        import optuna
+    except ImportError:
+        refuse("hparams_search=optuna needs Optuna: pip install 'mnist-cli[optuna]'.")
+    from mnist_cli import study as studies
+    from mnist_cli.config import check_config
+    from mnist_cli.errors import UserError
+    from mnist_cli.launchers import jobs_at_once
+
+    metric = config.optimized_metric
+    direction = _check(settings, metric)
+    try:  # a mistake every trial would make is refused once, here
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        check_config(task, "train", list(arguments))
+    except UserError as error:
+        refuse(str(error))
+    _check_sampler(settings)
+    space = search_space(settings.params, arguments)
+    _check_values(space)
+    study, location, lock = open_study(settings, config, space, direction)
+    width = settings.n_jobs or jobs_at_once(config.hydra.launcher)
+    try:
+        run_trials(study, settings, launcher, space, location, lock, width, direction, metric)
+    except studies.damaged_storage_errors() as error:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
+            sweep_dir.rmdir()
+        refuse(damaged(location, error))
     try:
         write_results(Path(config.hydra.sweep.dir), study, location, settings, metric)
     except WriteFailed as error:  # the study itself is saved; only the summary file is missing

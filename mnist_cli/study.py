@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_cli.errors import first_line
 from mnist_cli.paths import sqlite_file
 
 HEARTBEAT_SECONDS = 30
@@ -183,3 +184,18 @@ class Heartbeat:
                     self.storage.set_trial_user_attr(trial_id, ALIVE, time.time())
                 except Exception:  # finished meanwhile, or the storage is busy: try again next beat
                     pass
+
+
+def damaged_storage_errors() -> tuple:
+    """The exceptions a damaged SQLite study file raises once it is open (Optuna wraps some in its own type,
+    others come straight from SQLAlchemy): for one sentence instead of a traceback."""
+    from sqlalchemy.exc import DatabaseError
+
+    return optuna.exceptions.StorageInternalError, DatabaseError
+
+
+def innermost_reason(error: BaseException) -> str:
+    """The first line of the error at the bottom of `error`'s chain (SQLite's own words, under Optuna's and SQLAlchemy's)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return first_line(error)

@@ -316,3 +316,21 @@ def test_optuna_dashboard_serves_a_saved_study_offline(tmp_path, cli_env):
     finally:
         dashboard.kill()
         dashboard.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offset", [40960, 81920])
+def test_a_study_file_damaged_past_its_header_is_one_sentence_and_no_empty_sweep_folder(offset, tmp_path, cli_env):
+    result = run_mnist("train", *SEARCH, "hydra.sweeper.n_trials=2", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    (database,) = (tmp_path / "outputs" / "optuna").glob("*.db")
+    good = database.read_bytes()
+    assert len(good) > offset
+    with open(database, "r+b") as f:  # a page past SQLite's header and schema: the study opens, then fails
+        f.seek(offset)
+        f.write(os.urandom(4096))
+    result = run_mnist("train", *SEARCH, "hydra.sweeper.n_trials=4", cwd=tmp_path, env=cli_env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{database} is damaged (database disk image is malformed); move it away" in result.stderr
+    assert len(sweep_dirs(tmp_path)) == 1  # the first search's folder only
