@@ -52,7 +52,7 @@ def main() -> None:
 
     checkpoint = torch.load(Path(args.run) / "checkpoints" / "best.pt", weights_only=True)
     dataset = checkpoint["config"]["dataset"]
-    test = load_dataset(args.data_root, dataset["folder"], train=False, download=False)
+    test = load_dataset(args.data_root, dataset["folder"], train=False, download=False, classes=len(checkpoint["classes"]))
     labels = [checkpoint["classes"][i] for i in test.labels[: args.count].tolist()]
     mnist = [sys.executable, "-m", "mnist_cli"]
 

@@ -17,6 +17,7 @@ start-up, and peak memory. Writes a Markdown table.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 from mnist_cli.config import register_configs
-from mnist_cli.data import _extracted_root, load_train_data, split_indices, validation_size
+from mnist_cli.data import IDX_FILES, load_train_data, split_indices, validation_size
 from mnist_cli.interrupt import StopRequest
 from mnist_cli.models import build_model
 from mnist_cli.optim import build_optimizer
@@ -60,7 +61,13 @@ def classic_trainer(cfg, device: torch.device) -> Callable[[int], None]:
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.dataset.mean,), (cfg.dataset.std,))])
-    full = datasets.MNIST(str(_extracted_root(Path(cfg.data.root), "MNIST")), train=True, transform=transform)
+    with tempfile.TemporaryDirectory() as unpacked:  # torchvision's class reads only unpacked files, into memory
+        raw = Path(unpacked, "MNIST", "raw")
+        raw.mkdir(parents=True)
+        for name in IDX_FILES:
+            source = Path(cfg.data.root, "MNIST", "raw", name)
+            (raw / name).write_bytes(source.read_bytes() if source.is_file() else gzip.decompress(Path(f"{source}.gz").read_bytes()))
+        full = datasets.MNIST(unpacked, train=True, transform=transform)
     _, train_idx = split_indices(len(full), validation_size(cfg, len(full)), cfg.data.split_seed)
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(full, train_idx.tolist()), batch_size=cfg.batch_size,
