@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnist_cli.data import load_dataset
+from mnist_cli.training.data import load_dataset
 
 
 def variants(image: np.ndarray) -> dict:
@@ -52,19 +52,42 @@ def main() -> None:
 
     checkpoint = torch.load(Path(args.run) / "checkpoints" / "best.pt", weights_only=True)
     dataset = checkpoint["config"]["dataset"]
-    test = load_dataset(args.data_root, dataset["folder"], train=False, download=False, classes=len(checkpoint["classes"]))
+    test = load_dataset(
+        args.data_root, dataset["folder"], train=False, download=False, classes=len(checkpoint["classes"])
+    )
     labels = [checkpoint["classes"][i] for i in test.labels[: args.count].tolist()]
     mnist = [sys.executable, "-m", "mnist_cli"]
 
-    evaluated = subprocess.run([*mnist, "eval", f"run={args.run}", f"data.root={args.data_root}", "format=json"],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+    evaluated = subprocess.run(
+        [*mnist, "eval", f"run={args.run}", f"data.root={args.data_root}", "format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [("tensors, whole test set (mnist eval)", json.loads(evaluated.stdout)["accuracy"])]
     with tempfile.TemporaryDirectory() as tmp:
         indices = ",".join(map(str, range(args.count)))
-        sampled = subprocess.run([*mnist, "predict", f"run={args.run}", f"indices=[{indices}]", f"data.root={args.data_root}",
-                                  "format=json", f"outputs_dir={tmp}/out"], capture_output=True, text=True, check=True)  # fmt: skip
+        sampled = subprocess.run(
+            [
+                *mnist,
+                "predict",
+                f"run={args.run}",
+                f"indices=[{indices}]",
+                f"data.root={args.data_root}",
+                "format=json",
+                f"outputs_dir={tmp}/out",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         predicted = [row["predicted"] for row in json.loads(sampled.stdout)["predictions"]]
-        rows.append((f"tensors, first {args.count} (mnist predict indices=)", float(np.mean([p == t for p, t in zip(predicted, labels)]))))
+        rows.append(
+            (
+                f"tensors, first {args.count} (mnist predict indices=)",
+                float(np.mean([p == t for p, t in zip(predicted, labels)])),
+            )
+        )
         folders = {}
         for i in range(args.count):
             for kind, (picture, suffix) in variants(test.images[i].numpy()).items():
@@ -72,13 +95,19 @@ def main() -> None:
                 folder.mkdir(exist_ok=True)
                 picture.save(folder / f"{i:05d}{suffix}")
         for kind, folder in folders.items():
-            result = subprocess.run([*mnist, "predict", f"run={args.run}", f"inputs=[{folder}]", "format=json",
-                                     f"outputs_dir={tmp}/out"], capture_output=True, text=True, check=True)  # fmt: skip
+            result = subprocess.run(
+                [*mnist, "predict", f"run={args.run}", f"inputs=[{folder}]", "format=json", f"outputs_dir={tmp}/out"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             predicted = [row["predicted"] for row in json.loads(result.stdout)["predictions"]]
             rows.append((f"{kind}, first {args.count}", float(np.mean([p == t for p, t in zip(predicted, labels)]))))
 
-    print(f"{dataset['name']} test, {checkpoint['config']['model']['name']} run {args.run}; "
-          f"{platform.node()} {date.today()}; python bench/predict_files.py --run {args.run} --count {args.count}\n")  # fmt: skip
+    print(
+        f"{dataset['name']} test, {checkpoint['config']['model']['name']} run {args.run}; "
+        f"{platform.node()} {date.today()}; python bench/predict_files.py --run {args.run} --count {args.count}\n"
+    )
     print("| input | accuracy |\n|---|---|")
     for name, accuracy in rows:
         print(f"| {name} | {accuracy:.2%} |")

@@ -119,7 +119,10 @@ def percentile(values: List[float], q: float) -> float:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     return f"{os.cpu_count()}-core {model}" if model else f"{os.cpu_count()} cores"
 
 
@@ -151,8 +154,10 @@ def main() -> int:
     p50, p99 = (1000 * percentile(load.latencies, q) for q in (0.5, 0.99))
     print("| machine | model | command | requests | clients | failures | p50 ms | p99 ms | requests/s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {machine()} | {model} | `{command}` | {args.requests} | {args.clients} | {failed} | {p50:.1f} | {p99:.1f} | "
-          f"{len(load.latencies) / seconds:.0f} |")
+    print(
+        f"| {machine()} | {model} | `{command}` | {args.requests} | {args.clients} | {failed} | {p50:.1f} | {p99:.1f} | "
+        f"{len(load.latencies) / seconds:.0f} |"
+    )
     print(f"server: exit {server.returncode}; {out.strip().splitlines()[-1] if out.strip() else ''}")
     if load.failures:
         print(f"first failure: {load.failures[0]}")

@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from mnist_cli.config import register_configs
-from mnist_cli.data import IDX_FILES, load_train_data, split_indices, validation_size
-from mnist_cli.interrupt import StopRequest
-from mnist_cli.models import build_model
-from mnist_cli.optim import build_optimizer
-from mnist_cli.runs import RunState
-from mnist_cli.train import Run, train_one_epoch
+from mnist_cli.config.schema import register_configs
+from mnist_cli.runs.folder import RunState
+from mnist_cli.training.data import IDX_FILES, load_train_data, split_indices, validation_size
+from mnist_cli.training.interrupt import StopRequest
+from mnist_cli.training.loop import Run, train_one_epoch
+from mnist_cli.training.models import build_model
+from mnist_cli.training.optim import build_optimizer
 
 EPOCHS = 4  # the first is set-up; the median of the others is reported
 
@@ -52,26 +52,43 @@ def sync(device: torch.device) -> None:
 
 def train_config(model: str, args, *overrides: str):
     with initialize_config_module(config_module="mnist_cli.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=[f"model={model}", f"batch_size={args.batch_size}",
-                                                       f"data.root={args.data_root}", f"device={args.device}", *overrides])  # fmt: skip
+        return compose(
+            config_name="train",
+            overrides=[
+                f"model={model}",
+                f"batch_size={args.batch_size}",
+                f"data.root={args.data_root}",
+                f"device={args.device}",
+                *overrides,
+            ],
+        )
 
 
 def classic_trainer(cfg, device: torch.device) -> Callable[[int], None]:
     """Set up training the way the PyTorch example does; returns a function that runs one epoch."""
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.dataset.mean,), (cfg.dataset.std,))])
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((cfg.dataset.mean,), (cfg.dataset.std,))]
+    )
     with tempfile.TemporaryDirectory() as unpacked:  # torchvision's class reads only unpacked files, into memory
         raw = Path(unpacked, "MNIST", "raw")
         raw.mkdir(parents=True)
         for name in IDX_FILES:
             source = Path(cfg.data.root, "MNIST", "raw", name)
-            (raw / name).write_bytes(source.read_bytes() if source.is_file() else gzip.decompress(Path(f"{source}.gz").read_bytes()))
+            (raw / name).write_bytes(
+                source.read_bytes() if source.is_file() else gzip.decompress(Path(f"{source}.gz").read_bytes())
+            )
         full = datasets.MNIST(unpacked, train=True, transform=transform)
     _, train_idx = split_indices(len(full), validation_size(cfg, len(full)), cfg.data.split_seed)
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(full, train_idx.tolist()), batch_size=cfg.batch_size,
-                                         shuffle=True, num_workers=1 if cuda else 0, pin_memory=cuda)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(full, train_idx.tolist()),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=1 if cuda else 0,
+        pin_memory=cuda,
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model, 10).to(device)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
@@ -132,11 +149,15 @@ def peak_rss_mb(args: list, env: dict) -> float:
 
 def speedrun(mnist: list, overrides: list, env: dict, outputs: str) -> dict:
     """Run `mnist train <overrides>` then `mnist eval` on its test split; returns the numbers."""
-    train = subprocess.run([*mnist, "train", *overrides, f"outputs_dir={outputs}"], capture_output=True, text=True, env=env)
+    train = subprocess.run(
+        [*mnist, "train", *overrides, f"outputs_dir={outputs}"], capture_output=True, text=True, env=env
+    )
     if train.returncode != 0:
         raise SystemExit(f"speedrun failed:\n{train.stdout}\n{train.stderr}")
     run_dir = Path(train.stdout.strip().splitlines()[-1])
-    tested = subprocess.run([*mnist, "eval", f"run={run_dir}", "format=json"], capture_output=True, text=True, env=env, check=True)
+    tested = subprocess.run(
+        [*mnist, "eval", f"run={run_dir}", "format=json"], capture_output=True, text=True, env=env, check=True
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
@@ -153,8 +174,11 @@ def main() -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--models", nargs="+", default=["mlp", "lenet", "cnn"])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--speedrun", default=None,
-                        help="overrides of the time-to-99%% run ('' skips it); default: the device's speedrun preset")  # fmt: skip
+    parser.add_argument(
+        "--speedrun",
+        default=None,
+        help="overrides of the time-to-99%% run ('' skips it); default: the device's speedrun preset",
+    )
     parser.add_argument("--out", default=None, help="also write the Markdown here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -166,27 +190,41 @@ def main() -> None:
     rows = []
     with StopRequest() as stop:
         for name in args.models:
-            times = steady_epoch_seconds({
-                "classic": classic_trainer(train_config(name, args, "optimizer.fused=false"), device),
-                "ours": our_trainer(train_config(name, args), device, stop),
-                "bf16": our_trainer(train_config(name, args, "precision=bf16"), device, stop),
-            }, device)  # fmt: skip
+            times = steady_epoch_seconds(
+                {
+                    "classic": classic_trainer(train_config(name, args, "optimizer.fused=false"), device),
+                    "ours": our_trainer(train_config(name, args), device, stop),
+                    "bf16": our_trainer(train_config(name, args, "precision=bf16"), device, stop),
+                },
+                device,
+            )
             rows.append((name, times["classic"], times["ours"], times["bf16"]))
-            print(f"{name}: classic {times['classic']:.2f} s, mnist-cli {times['ours']:.2f} s, bf16 {times['bf16']:.2f} s", flush=True)
+            print(
+                f"{name}: classic {times['classic']:.2f} s, mnist-cli {times['ours']:.2f} s, bf16 {times['bf16']:.2f} s",
+                flush=True,
+            )
 
     mnist = [sys.executable, "-m", "mnist_cli"]
     help_s = command_seconds([*mnist, "--help"])
     train_help_s = command_seconds([*mnist, "train", "--help"])
     env = {**os.environ, "MNIST_DATA_ROOT": args.data_root}
     with tempfile.TemporaryDirectory() as outputs:
-        rss = peak_rss_mb([*mnist, "train", "model=mlp", "epochs=1", f"device={args.device}", f"outputs_dir={outputs}"], env)
-        fast = speedrun(mnist, [*args.speedrun.split(), f"device={args.device}"], env, outputs) if args.speedrun else None
+        rss = peak_rss_mb(
+            [*mnist, "train", "model=mlp", "epochs=1", f"device={args.device}", f"outputs_dir={outputs}"], env
+        )
+        fast = (
+            speedrun(mnist, [*args.speedrun.split(), f"device={args.device}"], env, outputs) if args.speedrun else None
+        )
 
     def cell(seconds: float) -> str:
         return f"{seconds:.2f} | {images / seconds:,.0f}"
 
     gpu = device.type == "cuda"
-    machine = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name(device)
+        if gpu
+        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    )
     lines = [
         f"Machine: {machine}; torch {torch.__version__}; {date.today()}; batch {args.batch_size}; seconds per epoch over the "
         f"same {images:,} training images, median of epochs 2-{EPOCHS}, the pipelines taking turns.",
@@ -200,7 +238,11 @@ def main() -> None:
         "",
         f"`mnist --help`: {help_s:.2f} s; `mnist train --help`: {train_help_s:.2f} s (median of 5);"
         f" peak RSS of `mnist train model=mlp epochs=1`: {rss:.0f} MB"
-        + (f"; peak GPU memory of this benchmark: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB." if gpu else "."),
+        + (
+            f"; peak GPU memory of this benchmark: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB."
+            if gpu
+            else "."
+        ),
     ]
     if fast:
         lines.append(

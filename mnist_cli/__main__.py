@@ -1,5 +1,5 @@
 """`python -m mnist_cli ...` is the same as `mnist ...`."""
 
-from mnist_cli.cli import main
+from mnist_cli.cli.main import main
 
 raise SystemExit(main())

@@ -66,7 +66,11 @@ def show_table(table: Table) -> None:
 
 def epoch_line(m: Dict, epochs: int) -> str:
     averaged = " (ema)" if m.get("weights") == "ema" else ""  # ema_decay: the average validated better
-    validation = f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.2%}{averaged}  " if m["val_accuracy"] is not None else ""
+    validation = (
+        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.2%}{averaged}  "
+        if m["val_accuracy"] is not None
+        else ""
+    )
     return (
         f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  "
         f"train_loss {m['train_loss']:.4f}  train_acc {m['train_accuracy']:.2%}  "
@@ -81,8 +85,12 @@ def batch_progress(description: str, total: int, completed: int = 0) -> Iterator
         yield lambda: None
         return
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task(description, total=total, completed=completed)
         yield lambda: progress.advance(task)

@@ -36,7 +36,9 @@ def synthetic_glyphs(n: int, seed: int, glyphs: str) -> tuple[np.ndarray, np.nda
     for i, label in enumerate(labels):
         font = ImageFont.load_default(size=int(rng.integers(28, 44)))
         canvas = Image.new("L", (64, 64))
-        ImageDraw.Draw(canvas).text((12, 4), glyphs[label], fill=255, font=font, stroke_width=int(rng.integers(0, 3)), stroke_fill=255)
+        ImageDraw.Draw(canvas).text(
+            (12, 4), glyphs[label], fill=255, font=font, stroke_width=int(rng.integers(0, 3)), stroke_fill=255
+        )
         canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
         glyph = canvas.crop(canvas.getbbox())
         scale = 20 / max(glyph.size)

@@ -3,7 +3,7 @@
 Importing those costs ~4 s of the ~5 s an `mnist train` on the synthetic data takes on 2 cores. Each
 call here still gets its own process: its own exit code, stdout, stderr, working folder, environment,
 Hydra state and mnist_cli modules (imported in the child, so module-level state starts fresh). What the
-child runs is the console script's body, `sys.exit(mnist_cli.cli.main())`; signals and kill -9 reach it as
+child runs is the console script's body, `sys.exit(mnist_cli.cli.main.main())`; signals and kill -9 reach it as
 they reach the real command. Tests about the installed
 script itself, a launcher, or a Ctrl-C during the imports start the real command instead (conftest.MNIST_COMMAND).
 """
@@ -26,7 +26,18 @@ from typing import Sequence
 
 # Third-party only: mnist_cli creates its rich console at import, from the child's own stdout. pytest: the
 # child re-imports the parent's __main__ (pytest), as multiprocessing does.
-PRELOADED = ["torch", "torchvision", "hydra", "omegaconf", "rich", "numpy", "PIL.Image", "matplotlib.pyplot", "optuna", "pytest"]
+PRELOADED = [
+    "torch",
+    "torchvision",
+    "hydra",
+    "omegaconf",
+    "rich",
+    "numpy",
+    "PIL.Image",
+    "matplotlib.pyplot",
+    "optuna",
+    "pytest",
+]
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOADED)
 
@@ -42,7 +53,7 @@ def start_server(env: dict) -> None:
         os.environ.update(saved)
 
 
-MNIST_ENTRY = "mnist_cli.cli:main"  # what the `mnist` console script calls
+MNIST_ENTRY = "mnist_cli.cli.main:main"  # what the `mnist` console script calls
 TORCHRUN_ENTRY = "torch.distributed.run:main"  # what the `torchrun` console script calls
 
 
@@ -79,14 +90,23 @@ def _child(entry: str, program: str, args: Sequence[str], cwd: str, env: dict, o
 class ForkedCommand:
     """`program *args` running in a child of the server, with the parts of subprocess.Popen the tests use."""
 
-    def __init__(self, program: str, args: Sequence[str], cwd: Path, env: dict, entry: str = MNIST_ENTRY,
-                 stdout: Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        program: str,
+        args: Sequence[str],
+        cwd: Path,
+        env: dict,
+        entry: str = MNIST_ENTRY,
+        stdout: Path | None = None,
+    ):
         """stdout: a path to write stdout to instead (a FIFO, to give it a reader that goes away)."""
         self.args = [program, *args]
         self._scratch = tempfile.TemporaryDirectory(prefix="forked-mnist-")
         self._out = stdout or Path(self._scratch.name, "stdout")
         self._err = Path(self._scratch.name, "stderr")
-        self._process = _context.Process(target=_child, args=(entry, program, list(args), str(cwd), dict(env), str(self._out), str(self._err)))
+        self._process = _context.Process(
+            target=_child, args=(entry, program, list(args), str(cwd), dict(env), str(self._out), str(self._err))
+        )
         self._process.start()
         self.pid = self._process.pid
 
@@ -120,13 +140,16 @@ class ForkedCommand:
             self.wait()
             raise
         try:
-            return (self._out.read_text() if self._out.is_file() else ""), (self._err.read_text() if self._err.exists() else "")
+            return (self._out.read_text() if self._out.is_file() else ""), (
+                self._err.read_text() if self._err.exists() else ""
+            )
         finally:
             self._scratch.cleanup()
 
 
-def run_forked(program: str, args: Sequence[str], cwd: Path, env: dict, timeout: float, entry: str = MNIST_ENTRY
-               ) -> subprocess.CompletedProcess:  # fmt: skip
+def run_forked(
+    program: str, args: Sequence[str], cwd: Path, env: dict, timeout: float, entry: str = MNIST_ENTRY
+) -> subprocess.CompletedProcess:
     """Run `program *args` as a child of the server and wait; the result reads like subprocess.run's."""
     child = ForkedCommand(program, args, cwd, env, entry)
     stdout, stderr = child.communicate(timeout)

@@ -42,14 +42,12 @@ TRAINED = ["model=mlp", "epochs=1", "data.limit=300", "data.val_size=60", "batch
 SKIP = {
     "torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=host0:29500 -m mnist_cli"
     " train model=cnn batch_size=1024": "multi-node: needs a second machine at host0:29500 (the --standalone lines run)",
-    "srun torchrun --standalone --nproc_per_node=4 -m mnist_cli train model=cnn batch_size=512":
-        "needs a SLURM allocation (srun); the same torchrun line runs without srun",
-}  # fmt: skip
+    "srun torchrun --standalone --nproc_per_node=4 -m mnist_cli train model=cnn batch_size=512": "needs a SLURM allocation (srun); the same torchrun line runs without srun",
+}
 # Lines that need a SLURM cluster: composed with --cfg all instead (first value of each swept key).
 COMPOSE_ONLY = {
-    "mnist train -m hydra/launcher=slurm hydra.launcher.partition=gpu model=mlp,lenet,cnn optimizer=sgd,adam":
-        "submits to a SLURM cluster",
-}  # fmt: skip
+    "mnist train -m hydra/launcher=slurm hydra.launcher.partition=gpu model=mlp,lenet,cnn optimizer=sgd,adam": "submits to a SLURM cluster",
+}
 # Lines that ask for device=cuda: skipped without a GPU, run tiny with one.
 NEEDS_CUDA = {"mnist train experiment=speedrun": "the GPU preset sets device=cuda"}
 
@@ -115,7 +113,9 @@ COMMANDS = readme_commands()
 
 
 def test_every_mnist_line_is_collected_and_every_listed_line_exists():
-    mentioned = {" ".join(c) for _, line in fenced_lines(README.read_text()) for c in commands(line) if mentions_mnist(c)}
+    mentioned = {
+        " ".join(c) for _, line in fenced_lines(README.read_text()) for c in commands(line) if mentions_mnist(c)
+    }
     assert mentioned - set(COMMANDS) == set(), "README code that runs mnist in a way this test does not collect"
     listed = {*SKIP, *COMPOSE_ONLY, *NEEDS_CUDA}
     assert listed - set(COMMANDS) == set(), "listed here but no longer in the README: remove them"
@@ -141,7 +141,10 @@ def trained_run(workdir, cli_env) -> Path:
 @pytest.fixture(scope="module")
 def sweep_folder(workdir, cli_env) -> Path:
     """The sweep the README's sweep folder names: the newest one a README line made, else two tiny jobs."""
-    finished = sorted((p.parent for p in (workdir / "outputs" / "multirun").glob("*/*/leaderboard.json")), key=lambda p: p.stat().st_mtime)
+    finished = sorted(
+        (p.parent for p in (workdir / "outputs" / "multirun").glob("*/*/leaderboard.json")),
+        key=lambda p: p.stat().st_mtime,
+    )
     if finished:
         return finished[-1]
     result = run_mnist("train", "-m", "optimizer=sgd,adam", *TRAINED, cwd=workdir, env=cli_env)
@@ -243,7 +246,7 @@ def prepare(line: str, places: Dict[str, Path], workdir: Path, env: dict) -> Tup
     else:
         program = MNIST_COMMAND
     start = rest.index("mnist_cli") + 1 if "mnist_cli" in rest else 0  # after torchrun's own options
-    head, subcommand, args = rest[:start], rest[start], rest[start + 1:]
+    head, subcommand, args = rest[:start], rest[start], rest[start + 1 :]
     if line in COMPOSE_ONLY:
         args = composed_only(args)
     elif subcommand == "train":
@@ -307,13 +310,21 @@ def serve_line(argv: List[str], workdir: Path, env: dict) -> None:
             time.sleep(0.1)
         assert found, "mnist serve did not start"
         url = found.group(1)
-        curls = [line for language, line in fenced_lines(README.read_text()) if language == "bash" and line.lstrip().startswith("curl ")]
+        curls = [
+            line
+            for language, line in fenced_lines(README.read_text())
+            if language == "bash" and line.lstrip().startswith("curl ")
+        ]
         assert curls, "the README shows no curl line for mnist serve"
         for curl in curls:
-            done = subprocess.run(LOCAL.sub(url, curl.split(" #")[0]), shell=True, cwd=workdir, capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                LOCAL.sub(url, curl.split(" #")[0]), shell=True, cwd=workdir, capture_output=True, text=True, timeout=60
+            )
             assert done.returncode == 0, f"{curl}: {done.stderr}"
             answer = json.loads(done.stdout)
-            assert "error" not in answer and (answer.get("predictions") or answer.get("classes") or answer.get("status")), answer
+            assert "error" not in answer and (
+                answer.get("predictions") or answer.get("classes") or answer.get("status")
+            ), answer
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=60)
@@ -326,15 +337,21 @@ def serve_line(argv: List[str], workdir: Path, env: dict) -> None:
 
 def folders(workdir: Path) -> Dict[str, set]:
     """The run folders and sweep folders under workdir/outputs (not what outputs/train/latest links to)."""
-    return {kind: {p for p in (workdir / "outputs" / kind).glob("*/*") if p.is_dir() and p.parent.name != "latest"}
-            for kind in ("train", "multirun")}  # fmt: skip
+    return {
+        kind: {p for p in (workdir / "outputs" / kind).glob("*/*") if p.is_dir() and p.parent.name != "latest"}
+        for kind in ("train", "multirun")
+    }
 
 
 def jobs_of(argv: List[str]) -> int:
     """How many jobs a sweep line starts: its trial count, or the product of its swept values."""
     if value(argv, "hparams_search") is not None:
         return int(value(argv, "hydra.sweeper.n_trials"))
-    counts = [len(a.split("=", 1)[1].split(",")) for a in argv[argv.index("train"):] if "=" in a and "[" not in a and "(" not in a]
+    counts = [
+        len(a.split("=", 1)[1].split(","))
+        for a in argv[argv.index("train") :]
+        if "=" in a and "[" not in a and "(" not in a
+    ]
     return int(np.prod(counts))
 
 
@@ -345,7 +362,7 @@ def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict
     if resumed is not None:  # the run continues in its own folder and trains up to the epochs asked, each once
         assert new == {"train": set(), "multirun": set()}, new
         assert epochs_of(resumed, workdir) == list(range(1, int(value(argv, "epochs")) + 1))
-    elif {"-m", "--multirun"} & set(argv[argv.index("train"):]) or value(argv, "hparams_search") is not None:
+    elif {"-m", "--multirun"} & set(argv[argv.index("train") :]) or value(argv, "hparams_search") is not None:
         # one sweep folder, every job in its leaderboard
         (sweep,) = new["multirun"]
         rows = json.loads((sweep / "leaderboard.json").read_text())["rows"]
@@ -361,11 +378,12 @@ def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict
             assert stdout.count("run folder:") == 1, stdout
 
 
-
 def test_every_test_the_readme_names_exists():
     """The Bad input and Faults survived tables name the test behind each row."""
     named = set(re.findall(r"(?<![.\w])(test_\w+?)(?:\[|`)", README.read_text()))  # not a key: dataset.test_time_flip
-    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py")), re.M))
+    defined = set(
+        re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py")), re.M)
+    )
     assert len(named) >= 10 and named - defined == set()
     ellipsed = set(re.findall(r"`…(\w+)\[", README.read_text()))  # `…leaves_nothing[case]`: the end of a named test
     assert all(any(d.endswith(e) for d in defined) for e in ellipsed), ellipsed

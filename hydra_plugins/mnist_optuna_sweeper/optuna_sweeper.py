@@ -1,5 +1,5 @@
 """The Hydra side of mnist-cli's Optuna sweeper: its settings (hydra.sweeper.*) and the Sweeper class
-Hydra instantiates. The search itself is mnist_cli/search.py; nothing here imports optuna, so Hydra's
+Hydra instantiates. The search itself is mnist_cli/search/sweep.py; nothing here imports optuna, so Hydra's
 plugin scan stays fast and works without the extra.
 """
 
@@ -18,8 +18,9 @@ class MnistOptunaSweeperConf:
     _recursive_: bool = False  # the sampler stays a config: each trial makes its own (see sampler)
     # any Optuna sampler; with a seed, each ask is seeded seed + the number of trials the study holds
     # (workers on one study differ); a sampler without constant_liar: ~hydra.sweeper.sampler.constant_liar
-    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None,
-                                                  "constant_liar": True})  # fmt: skip
+    sampler: Any = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None, "constant_liar": True}
+    )
     direction: Optional[str] = None  # null: optimized_metric's own (minimize a loss or seconds, maximize an accuracy)
     # null: sqlite:///<outputs_dir>/optuna/<study_name>.db; else a database URL or a journal file's path
     # (a relative file is made absolute; an in-memory database is refused: the jobs could not reach it)
@@ -33,11 +34,13 @@ class MnistOptunaSweeperConf:
     params: Optional[Dict[str, str]] = None  # key: a sweep in Hydra's grammar, e.g. tag(log, interval(1e-4, 1e-2))
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="mnist_optuna", node=MnistOptunaSweeperConf, provider="mnist-cli")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="mnist_optuna", node=MnistOptunaSweeperConf, provider="mnist-cli"
+)
 
 
 class MnistOptunaSweeper(Sweeper):
-    """Hydra's side of the search: keeps the settings, the config and the launcher; mnist_cli.search runs it."""
+    """Hydra's side of the search: keeps the settings, the config and the launcher; mnist_cli.search.sweep runs it."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = DictConfig(settings)
@@ -48,10 +51,11 @@ class MnistOptunaSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
-                                                                task_function=task_function)  # fmt: skip
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: List[str]) -> None:
-        from mnist_cli.search import sweep
+        from mnist_cli.search.sweep import sweep
 
         sweep(self.settings, self.config, self.launcher, arguments)

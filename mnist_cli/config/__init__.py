@@ -1,0 +1,1 @@
+"""The configuration: the typed schema, composing conf/*.yaml, the checks, and old runs' configs."""

@@ -1,0 +1,144 @@
+"""`mnist eval`: a checkpoint's loss, accuracy, per-class metrics and confusion matrix on a split.
+
+Writes <run>/eval/<split>.json, <split>_confusion.png and <split>_errors.png; exits 1 when
+accuracy is below min_accuracy (the CI gate).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from rich.markup import escape
+
+from mnist_cli import console
+from mnist_cli.errors import WriteFailed
+from mnist_cli.inference.predictions import load_split, precision, predict_logits
+from mnist_cli.runs import figures
+from mnist_cli.runs import folder as runs
+from mnist_cli.runs.checkpoints import load_trained
+from mnist_cli.training.devices import resolve_device
+from mnist_cli.training.loggers import log_evaluation
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list) -> Dict:
+    """Loss, accuracy, macro F1, per-class precision/recall/F1/support, and the confusion matrix
+    (rows: true class, columns: predicted class)."""
+    n_classes = len(classes)
+    predicted = logits.argmax(1)
+    confusion = torch.bincount(labels * n_classes + predicted, minlength=n_classes**2).view(n_classes, n_classes)
+    confusion = confusion.cpu().double()
+    hits, support, claimed = confusion.diag(), confusion.sum(1), confusion.sum(0)
+    precision = torch.where(claimed > 0, hits / claimed.clamp(min=1), torch.zeros_like(hits))
+    recall = torch.where(support > 0, hits / support.clamp(min=1), torch.zeros_like(hits))
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(hits)
+    )
+    return {
+        "samples": len(labels),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (hits.sum() / len(labels)).item(),
+        "macro_f1": f1.mean().item(),
+        "per_class": [
+            {"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())
+        ],
+        "confusion_matrix": confusion.long().tolist(),
+    }
+
+
+def show_report(report: Dict) -> None:
+    from rich.table import Table
+
+    autocast = f" ({report['precision']} autocast, as the run trained)" if report["precision"] != "fp32" else ""
+    console.console.print(  # soft_wrap: the checkpoint's path stays on one line
+        f"[bold]{report['dataset']} {report['split']}[/bold] ({report['samples']} images), "
+        f"{report['model']} from {escape(report['checkpoint'])}{autocast}\n"
+        f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}",
+        soft_wrap=True,
+    )
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        per_class.add_row(
+            row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"])
+        )
+    console.console.print(per_class)
+    confusion = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for name in report["classes"]:
+        confusion.add_column(name[:7], justify="right")
+    for name, row in zip(report["classes"], report["confusion_matrix"]):
+        diagonal = report["classes"].index(name)
+        confusion.add_row(
+            name, *(f"[bold]{v}[/bold]" if i == diagonal else (str(v) if v else "·") for i, v in enumerate(row))
+        )
+    console.console.print(confusion)
+
+
+def evaluate_command(cfg: DictConfig) -> int:
+    """Run `mnist eval`; returns the exit code (1 when below min_accuracy)."""
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg.run, cfg.outputs_dir, device)
+    split = load_split(trained, cfg, device)
+    logits = predict_logits(trained, split.images, cfg.batch_size)
+    report = {
+        "run": str(trained.run_dir),
+        "checkpoint": str(trained.checkpoint_path),
+        "epoch": trained.checkpoint["epoch"],
+        "split": cfg.split,
+        "dataset": trained.config.dataset.name,
+        "model": trained.config.model.name,
+        "precision": precision(trained),  # as the run trained and validated: bf16 runs are evaluated in bf16 autocast
+        "classes": trained.classes,
+        **classification_report(logits, split.labels, trained.classes),
+    }
+    passed = cfg.min_accuracy is None or report["accuracy"] >= cfg.min_accuracy
+    report["min_accuracy"] = cfg.min_accuracy
+    report["passed"] = passed
+
+    out = trained.run_dir / "eval"
+    unwritten = write_evaluation(out, report, split, logits, trained)
+    if cfg.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        show_report(report)
+        if unwritten is None:
+            console.say(
+                f"wrote {out / (cfg.split + '.json')} and the confusion / errors pictures"
+            )  # say: a path is never wrapped
+    if unwritten is not None:  # the result above stands (and the gate below still counts): only the files are missing
+        print(f"warning: {unwritten} The result above is printed, not saved.", file=sys.stderr)
+    if not passed:
+        print(f"accuracy {report['accuracy']:.4f} is below min_accuracy {cfg.min_accuracy}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_evaluation(out: Path, report: Dict, split, logits: torch.Tensor, trained) -> Optional[str]:
+    """Write <split>.json and its pictures into `out` and add them to the run's loggers; returns None, or
+    a sentence saying what could not be written (a read-only run folder): report["files"] is then null."""
+    name = report["split"]
+    try:
+        out.mkdir(exist_ok=True)
+        pictures = {
+            "confusion": figures.confusion_png(out / f"{name}_confusion.png", report),
+            "errors": figures.errors_png(out / f"{name}_errors.png", split, logits, trained.classes),
+        }
+        report["files"] = {key: str(path) for key, path in pictures.items()}
+        runs.write_json(out / f"{name}.json", report)
+    except (OSError, WriteFailed) as error:  # WriteFailed: atomic_write's sentence, naming the file
+        report["files"] = None
+        return (
+            f"could not write the evaluation into {out} ({error.strerror})."
+            if isinstance(error, OSError)
+            else str(error)
+        )
+    log_evaluation(trained.run_dir, trained.config.get("logger"), report, pictures)  # the run's TensorBoard / MLflow
+    return None

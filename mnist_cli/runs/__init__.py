@@ -1,0 +1,1 @@
+"""Run folders: their files, checkpoints, metrics, resuming, and the leaderboard over many runs."""

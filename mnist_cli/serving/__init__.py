@@ -1,0 +1,1 @@
+"""`mnist serve`: a trained run behind HTTP, with a page to draw digits on."""

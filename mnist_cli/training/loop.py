@@ -1,0 +1,475 @@
+"""`mnist train`: config -> data tensors, model, optimizer -> epoch loop -> run folder.
+
+Read top to bottom: `train()` sets the run up and runs the epoch loop; `train_one_epoch()` and
+`evaluate()` are the inner loops; `Run` writes the run folder (checkpoints, summary.json).
+The state that changes as training goes on is one `runs.RunState`, passed explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_cli import console
+from mnist_cli.errors import RunFailed, UserError
+from mnist_cli.runs import checkpoints, metrics
+from mnist_cli.runs import folder as runs
+from mnist_cli.runs.folder import RunState
+from mnist_cli.search.trial import StudyTrial
+from mnist_cli.training import distributed
+from mnist_cli.training.augment import from_config
+from mnist_cli.training.data import (
+    Split,
+    TrainData,
+    batches_per_epoch,
+    epoch_generator,
+    eval_batches,
+    load_train_data,
+    normalize,
+    train_batches,
+)
+from mnist_cli.training.devices import out_of_memory, resolve_device
+from mnist_cli.training.distributed import World, all_sum, any_true
+from mnist_cli.training.ema import WeightAverage
+from mnist_cli.training.interrupt import Interrupted, StopRequest
+from mnist_cli.training.loggers import Loggers, start_loggers
+from mnist_cli.training.models import build_model, count_parameters, for_inference, layer_summary
+from mnist_cli.training.optim import build_optimizer, scheduler_at
+
+
+def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -> torch.Tensor:
+    x = normalize(images, data.mean, data.std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def autocast(device: torch.device, precision: str):
+    """The context forward passes run in: bf16 autocast for precision=bf16 (weights stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@dataclass
+class Run:
+    """What the loop trains and writes with: the config, the objects being trained, the run folder."""
+
+    cfg: DictConfig
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    data: TrainData
+    world: World = field(default_factory=World)
+    run_dir: Optional[Path] = None  # None: train without writing (benchmarks)
+    facts: Optional[Dict[str, Any]] = None  # for summary.json: parameters, device, versions, ...
+    config: Optional[Dict[str, Any]] = None  # cfg resolved to plain data, as checkpoints store it
+    started: float = 0.0  # perf_counter() when this process started the run
+    loggers: Loggers = field(default_factory=Loggers)  # TensorBoard, MLflow (rank 0 only)
+    ema: Optional[WeightAverage] = None  # the moving average of the weights (ema_decay), or None
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def wall(self, state: RunState) -> float:
+        """Seconds spent on the run, by this process and the ones before it."""
+        return state.wall_seconds + time.perf_counter() - self.started
+
+    def save(self, state: RunState, partial: Optional[Tuple] = None) -> None:
+        """Write last.pt at `state` (under torchrun: the running sums all-reduced, rank 0 writes)."""
+        totals = None if partial is None else tuple(all_sum(t.detach().clone(), self.world) for t in partial)
+        if self.world.is_main and self.run_dir is not None:
+            normalization = {"mean": self.data.mean, "std": self.data.std}
+            snapshot = checkpoints.snapshot(
+                self.model,
+                self.optimizer,
+                state,
+                totals,
+                self.config,
+                self.data.classes,
+                normalization,
+                self.wall(state),
+                self.ema,
+            )
+            checkpoints.save(self.last, snapshot)
+
+    def finish(self, state: RunState, status: str, resumed_with: List[str]) -> Dict:
+        """Write summary.json for the run as it stands (rank 0); returns it."""
+        learned = status in ("completed", "early_stopped")
+        warning = did_not_learn(state, self.data) if learned else None
+        summary = runs.summary(
+            status, self.run_dir, self.cfg, state, self.facts, self.wall(state), resumed_with, warning
+        )
+        if self.world.is_main:
+            runs.write_json(self.run_dir / "summary.json", summary)
+            steps = batches_per_epoch(self.data.train, self.cfg.batch_size)
+            self.loggers.call("finish", summary, self.config, state.epoch * steps + state.step)
+        return summary
+
+
+def train_one_epoch(run: Run, state: RunState, scheduler, stop: StopRequest, sums: Optional[Tuple] = None):
+    """One pass over the training split for epoch state.epoch + 1, from step state.step; returns
+    (mean loss, accuracy) with one host sync at the end, or None when a signal asked to stop
+    (after last.pt has been written).
+
+    `sums` are the running (loss sum, correct count) of the steps already done; every
+    checkpoint.every_n_steps steps, and on a signal, last.pt is written with them.
+    Under torchrun each process trains on its share of every global batch; sums are all-reduced.
+    """
+    cfg, data, world, optimizer = run.cfg, run.data, run.world, run.optimizer
+    epoch, start_step = state.epoch + 1, state.step
+    run.net.train()
+    device = data.train.images.device
+    loss_sum, correct = (
+        sums if sums is not None else (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+    )
+    augment = from_config(cfg.dataset.get("augment"), cfg.model.augment)
+    steps = batches_per_epoch(data.train, cfg.batch_size)
+    every = cfg.checkpoint.every_n_steps
+    batches = train_batches(
+        data.train, cfg.batch_size, epoch_generator(cfg.seed, epoch), augment, start_step, world.rank, world.size
+    )
+    with console.batch_progress(f"epoch {epoch}/{cfg.epochs}", steps, start_step) as advance:
+        for step, (images, labels) in enumerate(batches, start_step + 1):
+            with autocast(device, cfg.precision):
+                logits = run.net(to_model_input(images, data, cfg.channels_last))
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if run.ema is not None:
+                run.ema.update(state.epoch * steps + step)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            if run.loggers.wants_step(state.epoch * steps + step):  # a host sync, every N steps only
+                run.loggers.call("step", state.epoch * steps + step, loss.item())
+            advance()
+            stopping = step < steps and any_true(stop.signal is not None, world, device)
+            if stopping or (step < steps and every and step % every == 0):
+                state.step = step
+                run.save(state, (loss_sum, correct))
+                if stopping:
+                    return None
+    n = len(data.train)
+    all_sum(loss_sum, world), all_sum(correct, world)
+    return loss_sum.item() / n, correct.item() / n
+
+
+@torch.no_grad()
+def evaluate(
+    model, split: Split, data: TrainData, cfg, world: World = World()
+) -> Tuple[Optional[float], Optional[float]]:
+    """Returns (mean loss, accuracy) of `model` on `split` (under torchrun: each process a share);
+    (None, None) for an empty split (data.val_size=0)."""
+    if len(split) == 0:
+        return None, None
+    model.eval()
+    loss_sum = torch.zeros((), device=split.images.device)
+    correct = torch.zeros((), device=split.images.device, dtype=torch.long)
+    share = Split(split.images[world.rank :: world.size], split.labels[world.rank :: world.size])
+    for images, labels in eval_batches(share, cfg.eval_batch_size):
+        with autocast(split.images.device, cfg.precision):
+            logits = model(to_model_input(images, data, cfg.channels_last))
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    all_sum(loss_sum, world), all_sum(correct, world)
+    return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+def validation(run: Run) -> Dict[str, Any]:
+    """The epoch's validation numbers. With ema_decay, both the trained weights and their average
+    are measured, and val_loss / val_accuracy are those of the better one (`weights`), which is
+    what best.pt, eval, predict and export then use."""
+    cfg, data = run.cfg, run.data
+    loss, accuracy = evaluate(for_inference(run.model, cfg), data.val, data, cfg, run.world)
+    if run.ema is None:
+        return {"val_loss": loss, "val_accuracy": accuracy}
+    ema_loss, ema_accuracy = evaluate(for_inference(run.ema.model, cfg), data.val, data, cfg, run.world)
+    ema_wins = accuracy is None or ema_accuracy > accuracy  # no validation split: the average
+    return {
+        "val_loss": ema_loss if ema_wins else loss,
+        "val_accuracy": ema_accuracy if ema_wins else accuracy,
+        "trained_val_accuracy": accuracy,
+        "ema_val_accuracy": ema_accuracy,
+        "weights": "ema" if ema_wins else "trained",
+    }
+
+
+def chance_level(data: TrainData) -> Tuple[float, int]:
+    """(accuracy of always guessing the most frequent class, images it is measured on), on the
+    validation split, else the training split."""
+    labels = (data.val if len(data.val) else data.train).labels
+    return torch.bincount(labels).max().item() / len(labels), len(labels)
+
+
+def start_notes(cfg: DictConfig, data: TrainData) -> List[str]:
+    """Sentences about settings that are taken but are likely not what was meant."""
+    notes = []
+    cores = os.cpu_count() or 1
+    if cfg.threads is not None and cfg.threads > cores:
+        notes.append(
+            f"threads={cfg.threads} is more than this machine's {cores} cores; the threads take turns, "
+            "which is usually slower than threads=null."
+        )
+    if not len(data.val) and cfg.data.val_size is None:
+        notes.append(
+            f"no validation split: data.val_size=null holds out 1/12 of the training images, none of "
+            f"{len(data.train)}; set data.val_size, or raise data.limit."
+        )
+    return notes
+
+
+def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
+    """A sentence when the best accuracy is within 3 standard errors of chance level, else None."""
+    chance, n = chance_level(data)
+    key = "val_accuracy" if len(data.val) else "train_accuracy"
+    accuracy = max((row[key] for row in state.history), default=None)
+    if accuracy is None or accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n):
+        return None
+    return (
+        f"the run did not learn: its best {key.replace('_accuracy', '')} accuracy {accuracy:.2%} is no better than chance "
+        f"({chance:.2%}, always guessing the most frequent class); try another optimizer.lr."
+    )
+
+
+def pruned(run: Run, state: RunState, trial: StudyTrial) -> bool:
+    """Report the value the run would end with now to its study; whether the study stops it here
+    (never after the last epoch). Under torchrun rank 0 asks and every process follows."""
+    stop = False
+    if run.world.is_main:
+        now = {"best": state.best, "final": state.history[-1], "wall_seconds": run.wall(state)}
+        trial.report(state.epoch, metrics.summary_value(now, run.cfg.optimized_metric))
+        stop = state.epoch < run.cfg.epochs and trial.should_stop()
+    return any_true(stop, run.world, run.data.train.images.device)
+
+
+def interrupted(run: Run, state: RunState, stop: StopRequest, where: str, resumed_with: List[str]) -> Interrupted:
+    """Record the interruption in summary.json; the exception tells the user how to go on."""
+    run.finish(state, "interrupted", resumed_with)
+    name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
+    return Interrupted(
+        stop.signal or signal.SIGTERM,
+        f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run.run_dir}",
+    )
+
+
+def diverged(run: Run, state: RunState, loss: float, resumed_with: List[str]) -> RunFailed:
+    run.finish(state, "diverged", resumed_with)
+    kept = f"; the last good checkpoint is {run.last}" if state.epoch >= 1 else ""
+    return RunFailed(
+        f"the training loss became {loss} in epoch {state.epoch + 1}; lower optimizer.lr "
+        f"(now {run.cfg.optimizer.lr:g}) and train again{kept}."
+    )
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Optional[List[str]] = None,
+    resume_state: Optional[Dict] = None,
+    original_overrides: Optional[List[str]] = None,
+    trial: Optional[StudyTrial] = None,
+) -> Optional[float]:
+    """Train as `cfg` says, writing the run folder `run_dir` (continuing from `resume_state`, a
+    checkpoint of that run, when given; from step 0 when `original_overrides` is given without
+    one); returns cfg.optimized_metric from summary.json (None if the run has no such number).
+    An Optuna `trial` reports that value after every epoch to its study, and stops (status `pruned`)
+    when the study says so."""
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    device = resolve_device(cfg.device)
+    world = distributed.join(device)
+    try:
+        return _train(
+            cfg,
+            Path(run_dir),
+            list(overrides or []),
+            resume_state,
+            original_overrides,
+            device,
+            world,
+            started,
+            started_at,
+            trial,
+        )
+    except Exception as error:
+        if not out_of_memory(error):
+            raise
+        raise UserError(memory_sentence(cfg, device)) from None
+    finally:
+        distributed.leave(world)
+
+
+def memory_sentence(cfg: DictConfig, device: torch.device) -> str:
+    """Why a run that ran out of memory did, with the sizes asked for (the model counted on the meta device,
+    which allocates nothing)."""
+    with torch.device("meta"):
+        params = count_parameters(build_model(cfg.model, num_classes=len(cfg.dataset.classes)))
+    return (
+        f"{device} ran out of memory: model={cfg.model.name} with these sizes has {params:,} parameters "
+        f"({params * 4 / 2**30:,.1f} GiB as float32, more for the optimizer's state) at batch_size={cfg.batch_size}; "
+        "choose smaller model.* sizes or a smaller batch_size."
+    )
+
+
+def _train(
+    cfg,
+    run_dir: Path,
+    overrides: List[str],
+    resume_state,
+    original_overrides,
+    device,
+    world: World,
+    started: float,
+    started_at: str,
+    trial: Optional[StudyTrial],
+) -> Optional[float]:
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + world.rank)  # dropout differs per process, as it would per batch
+    main = world.is_main
+    if not main:
+        console.silence()
+
+    resumed = resume_state is not None or original_overrides is not None
+    resumed_with = overrides if resumed else []
+    if resume_state is not None:
+        state = checkpoints.state_of(resume_state, run_dir, original_overrides or [])
+    else:
+        state = RunState(original_overrides if resumed else overrides)
+    data = load_train_data(cfg, device)
+    model = build_model(cfg.model, num_classes=len(data.classes)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+    steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
+    # the schedule of a run this long, at the step the run has reached (raised epochs stretch it)
+    scheduler = scheduler_at(
+        optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs, state.epoch * steps_per_epoch + state.step
+    )
+    net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    params = count_parameters(model)
+    facts = {
+        "parameters": params,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "versions": checkpoints.versions(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "started_at": started_at,
+    }
+    run = Run(
+        cfg,
+        model,
+        net,
+        optimizer,
+        data,
+        world,
+        run_dir,
+        facts,
+        OmegaConf.to_container(cfg, resolve=True),
+        started,
+        ema=ema,
+    )
+
+    table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
+    if main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        runs.atomic_write(run_dir / "model.txt", lambda f: f.write(console.render_text(table).encode()))
+        run.loggers = start_loggers(
+            cfg.logger, run_dir, run.config, state.history, state.epoch * steps_per_epoch + state.step
+        )
+    console.show_table(table)
+    console.say(
+        f"{cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val images on {device}; "
+        f"{cfg.model.name} ({params:,} parameters), {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
+        f"scheduler {cfg.scheduler.name}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+        + (f", {cfg.precision}" if cfg.precision != "fp32" else "")
+        + (f", {world.size} processes" if world.size > 1 else "")
+    )
+    for note in start_notes(cfg, data):
+        console.say(f"note: {note}")
+
+    sums = None
+    if resume_state is not None:
+        sums = checkpoints.restore(resume_state, model, optimizer, device, carries_sums=main, ema=ema)
+    if resumed:
+        if main:  # metrics files as the checkpoint knows them: no torn line, no epoch twice
+            metrics.write_epochs(run_dir, state.history)
+        console.say(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+    if main:  # only now: a run that failed to start never becomes `latest`
+        note = runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
+        if note:
+            console.say(f"note: {note}")
+
+    status = "completed"
+    with StopRequest() as stop:
+        while state.epoch < cfg.epochs:
+            epoch_start = time.perf_counter()
+            result = train_one_epoch(run, state, scheduler, stop, sums)
+            sums = None
+            if result is None:  # a signal: last.pt already holds this step
+                raise interrupted(run, state, stop, f"in epoch {state.epoch + 1}", resumed_with)
+            train_loss, train_accuracy = result
+            if not math.isfinite(train_loss):
+                raise diverged(run, state, train_loss, resumed_with)
+            row = {
+                "epoch": state.epoch + 1,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                **validation(run),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            console.say(console.epoch_line(row, cfg.epochs))
+            is_best = state.record(row, cfg.early_stopping.min_delta)
+            if main:
+                metrics.write_epochs(run_dir, state.history)
+            run.loggers.call("epoch_ended", row, state.epoch * steps_per_epoch)  # TensorBoard: before the checkpoint
+            run.save(state)
+            if main and is_best:
+                runs.copy_atomically(run.last, run_dir / "checkpoints" / "best.pt")
+            run.loggers.call(
+                "epoch_saved", row, state.epoch * steps_per_epoch
+            )  # MLflow: after it (loggers.py says why)
+            if state.epoch < cfg.epochs and any_true(
+                stop.signal is not None, world, device
+            ):  # during evaluation or saving
+                raise interrupted(run, state, stop, f"after epoch {state.epoch}", resumed_with)
+            patience = cfg.early_stopping.patience
+            if patience and state.epoch - state.last_improvement >= patience and state.epoch < cfg.epochs:
+                console.say(
+                    f"early stopping: no val_acc gain above {cfg.early_stopping.min_delta} in {patience} epochs"
+                )
+                status = "early_stopped"
+                break
+            if trial is not None and pruned(run, state, trial):
+                console.say(f"pruned after epoch {state.epoch}: the study's {trial.pruner} pruner stopped this trial")
+                status = "pruned"
+                break
+
+    summary = run.finish(state, status, resumed_with)
+    if summary.get("warning"):
+        console.say(f"warning: {summary['warning']}")
+    best = state.best
+    best_text = (
+        f"best val_acc {best['val_accuracy']:.2%} at epoch {best['epoch']}"
+        if best["val_accuracy"] is not None
+        else "no validation split"
+    )
+    console.say(f"{best_text}; {summary['wall_seconds']:.1f}s in all; run folder:")
+    console.say(str(run_dir))
+    return metrics.summary_value(summary, cfg.optimized_metric)
