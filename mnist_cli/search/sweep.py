@@ -462,8 +462,8 @@ def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
         refuse("hparams_search=optuna needs Optuna: pip install 'mnist-cli[optuna]'.")
     from mnist_cli.config.schema import check_config
     from mnist_cli.errors import UserError
-    from mnist_cli.search.launchers import jobs_at_once
     from mnist_cli.search import study as studies
+    from mnist_cli.search.launchers import jobs_at_once
 
     metric = config.optimized_metric
     direction = _check(settings, metric)
