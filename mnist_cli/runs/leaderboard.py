@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from hydra.experimental.callback import Callback
+
 from mnist_cli.errors import WriteFailed
 from mnist_cli.runs import folder as runs
 from mnist_cli.runs import metrics
@@ -461,12 +463,6 @@ def show(folder: Path, records: List[Dict], sort: str) -> None:
             console.print(
                 f"{row['rank']}. {row['run']} ({row['status']}): {row['error']}", markup=False, soft_wrap=True
             )
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra < 1.1
-    Callback = object
 
 
 class LeaderboardCallback(Callback):
