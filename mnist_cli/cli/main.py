@@ -294,7 +294,7 @@ def _refuse_before_hydra(args: List[str]) -> None:
                     "or list the values to try (-m key=a,b,c)."
                 )
     if multirun:  # -m experiment=mnist_best model=mlp,cnn: each swept option with the rest, before the sweep's folder
-        from mnist_cli.config.schema import composition_problem
+        from mnist_cli.config.hydra_refusals import composition_problem
 
         rest = _composable(args)
         for choice in _group_choices(overrides):
@@ -313,7 +313,7 @@ def _claim_named_folder(args: List[str]) -> List[str]:
         return args
     from omegaconf import OmegaConf
 
-    from mnist_cli.config.schema import compose, quoted_value
+    from mnist_cli.config.compose import compose, quoted_value
 
     try:
         folder = Path(str(OmegaConf.select(compose("train", _composable(args), with_hydra=True), key)))
@@ -339,7 +339,7 @@ def _resume_in_place(args: List[str]) -> List[str]:
     resume = values.get("resume")
     if resume in (None, "null"):
         return args
-    from mnist_cli.config.schema import quoted_value
+    from mnist_cli.config.compose import quoted_value
     from mnist_cli.runs import folder as runs
     from mnist_cli.runs.resume import run_folder
 
@@ -382,7 +382,7 @@ def _print_help(command: str, overrides: List[str]) -> int:
 
     from omegaconf import OmegaConf, open_dict
 
-    from mnist_cli.config.schema import compose
+    from mnist_cli.config.compose import compose
 
     try:
         cfg = compose(command, overrides, with_hydra=True)
@@ -410,7 +410,8 @@ def run_hydra_app(command: str, args: List[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mnist_cli.config.schema import check_config, register_configs
+    from mnist_cli.config.checks import check_config
+    from mnist_cli.config.schema import register_configs
     from mnist_cli.errors import RunFailed
     from mnist_cli.paths import absolute_path
     from mnist_cli.training.interrupt import Interrupted, ctrl_c_held
@@ -529,7 +530,7 @@ def _release_stderr(keep: bool = True) -> None:
 def _refused(command: str, args: List[str]) -> Optional[str]:
     """Why Hydra refuses the KEY=VALUE arguments, in one sentence; None if they compose (Hydra's
     own words are shown then)."""
-    from mnist_cli.config.schema import composition_problem
+    from mnist_cli.config.hydra_refusals import composition_problem
 
     try:
         return composition_problem(command, _composable(args))

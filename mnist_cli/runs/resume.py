@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_cli.config.schema import defaults_for
+from mnist_cli.config.compatibility import defaults_for
 from mnist_cli.errors import UserError
 from mnist_cli.runs import folder as runs
 

@@ -20,7 +20,8 @@ from typing import Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_cli.config.schema import composition_problem, quoted_value
+from mnist_cli.config.compose import quoted_value
+from mnist_cli.config.hydra_refusals import composition_problem
 from mnist_cli.errors import WriteFailed, first_line
 from mnist_cli.runs import folder as runs
 from mnist_cli.runs import leaderboard
@@ -460,7 +461,7 @@ def sweep(settings, config: DictConfig, launcher, arguments: List[str]) -> None:
         import optuna  # noqa: F401 (is the extra installed?)
     except ImportError:
         refuse("hparams_search=optuna needs Optuna: pip install 'mnist-cli[optuna]'.")
-    from mnist_cli.config.schema import check_config
+    from mnist_cli.config.checks import check_config
     from mnist_cli.errors import UserError
     from mnist_cli.search import study as studies
     from mnist_cli.search.launchers import jobs_at_once

@@ -7,7 +7,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from mnist_cli.config.schema import trained_on_mirrors
+from mnist_cli.config.checks import trained_on_mirrors
 from mnist_cli.errors import UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}

@@ -14,7 +14,9 @@ import torch
 
 from conftest import IDX_NAMES, run_mnist
 from mnist_cli.cli.main import _refuse_before_hydra
-from mnist_cli.config.schema import check_config, compose, composition_problem
+from mnist_cli.config.checks import check_config
+from mnist_cli.config.compose import compose
+from mnist_cli.config.hydra_refusals import composition_problem
 from mnist_cli.errors import UserError
 
 # (command, overrides, what the sentence says): config.check_config refuses these before any work

@@ -15,7 +15,10 @@ import yaml
 from hydra import initialize_config_module
 from omegaconf import MISSING, OmegaConf
 
-from mnist_cli.config.schema import COMMAND_SCHEMAS, GROUP_SCHEMAS, compose, defaults_for, refuse_unknown_keys
+from mnist_cli.config.checks import refuse_unknown_keys
+from mnist_cli.config.compatibility import defaults_for
+from mnist_cli.config.compose import compose
+from mnist_cli.config.schema import COMMAND_SCHEMAS, GROUP_SCHEMAS
 from mnist_cli.errors import UserError
 
 CONF = importlib.resources.files("mnist_cli.conf")

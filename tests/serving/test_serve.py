@@ -37,7 +37,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from mnist_cli.config.schema import compose  # noqa: E402
+from mnist_cli.config.compose import compose  # noqa: E402
 from mnist_cli.inference.images import prepare  # noqa: E402
 from mnist_cli.inference.predict import CSV_COLUMNS  # noqa: E402
 from mnist_cli.runs.checkpoints import load_trained  # noqa: E402
@@ -276,7 +276,7 @@ def test_requests_arriving_together_share_model_calls_and_each_gets_its_own_rows
 
 
 def test_a_serve_mistake_in_the_config_is_one_sentence():
-    from mnist_cli.config.schema import check_config
+    from mnist_cli.config.checks import check_config
     from mnist_cli.errors import UserError
 
     for override, sentence in (

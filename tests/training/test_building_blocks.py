@@ -126,7 +126,7 @@ def test_speedrun_preset_overrides_the_defaults_and_yields_to_the_command_line()
 
 
 def test_best_presets_pick_their_dataset_and_pass_the_config_checks():
-    from mnist_cli.config.schema import validate
+    from mnist_cli.config.checks import validate
 
     for name, dataset, mirrored in (("mnist_best", "mnist", False), ("fashion_mnist_best", "fashion_mnist", True)):
         cfg = compose_train(f"experiment={name}")

@@ -101,7 +101,8 @@ def test_a_checkpoint_that_lost_its_average_is_refused_on_resume_in_one_sentence
 
 
 def test_turning_test_time_flip_off_is_accepted_for_any_model():
-    from mnist_cli.config.schema import check_config, compose
+    from mnist_cli.config.checks import check_config
+    from mnist_cli.config.compose import compose
 
     overrides = [
         "dataset=fashion_mnist",
