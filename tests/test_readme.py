@@ -1,12 +1,13 @@
-"""Every `mnist` command line of README.md, run for real, so the README cannot drift from the tool.
+"""Every `mnist` command line of README.md and docs/*.md, run for real, so the pages cannot drift from the tool.
 
-The lines come from the README's ```bash blocks and the `run:` steps of its YAML example, one test per line,
-in README order, all in one folder (later lines use what earlier ones made: `latest`, sweeps). A training
-line gets a tiny dataset and one epoch unless it says otherwise; the README's placeholders (a run folder, a
-sweep folder, path/to/any.pt, digit.png, photos/, a.png) are real files there. A `mnist serve` line runs on a
-free port, gets the README's curl lines, and is stopped with Ctrl-C (serve_line). A line that cannot run here is
-listed below with its reason; test_every_mnist_line_is_collected_and_every_listed_line_exists fails when a
-README line escapes both, or a listed one is gone from the README.
+The lines come from the ```bash blocks and the `run:` steps of YAML examples of the README and then of each
+docs page in the order of mkdocs.yml's nav, one test per line (a line on several pages once), all in one folder
+(later lines use what earlier ones made: `latest`, sweeps). A training line gets a tiny dataset and one epoch
+unless it says otherwise; the pages' placeholders (a run folder, a sweep folder, path/to/any.pt, digit.png,
+photos/, a.png) are real files there. A `mnist serve` line runs on a free port, gets every page's curl lines,
+and is stopped with Ctrl-C (serve_line). A line that cannot run here is listed below with its reason;
+test_every_mnist_line_is_collected_and_every_listed_line_exists fails when a line escapes both, or a listed
+one is gone from the pages.
 """
 
 from __future__ import annotations
@@ -25,20 +26,44 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import MNIST_COMMAND, run_mnist, start_mnist, synthetic_glyphs
 from forked_mnist import MNIST_ENTRY, TORCHRUN_ENTRY, run_forked
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def nav_pages(nav) -> List[str]:
+    """The docs pages mkdocs.yml's nav lists, in its order (sections flattened)."""
+    pages = []
+    for entry in nav:
+        for item in entry.values() if isinstance(entry, dict) else [entry]:
+            pages += nav_pages(item) if isinstance(item, list) else [item]
+    return pages
+
+
+# The README, then every docs page in the site's order; a page missing from the nav comes last (and
+# test_docs.py fails on it), so no page's lines escape.
+NAV = [ROOT / "docs" / page for page in nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])]
+PAGES = [README, *NAV, *sorted(set((ROOT / "docs").glob("*.md")) - set(NAV))]
+
+
+def pages_text() -> str:
+    """The README and every docs page, one after another."""
+    return "\n".join(page.read_text() for page in PAGES)
+
+
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
-# The README's placeholder folders, and what they become here (fixtures below).
+# The pages' placeholder folders, and what they become here (fixtures below).
 RUN_PLACEHOLDER = "outputs/train/2026-11-23/10-15-02-ab12cd"
 SWEEP_PLACEHOLDER = "outputs/multirun/2026-11-23/10-20-11-x9f2"
 TRAINED = ["model=mlp", "epochs=1", "data.limit=300", "data.val_size=60", "batch_size=60", "device=cpu"]
 
-# README lines that cannot run on this machine, and why.
+# Lines of the pages that cannot run on this machine, and why.
 SKIP = {
     "torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=host0:29500 -m mnist_cli"
     " train model=cnn batch_size=1024": "multi-node: needs a second machine at host0:29500 (the --standalone lines run)",
@@ -99,27 +124,28 @@ def mentions_mnist(command: List[str]) -> bool:
     return any(w in ("mnist", "mnist_cli") or w.endswith("/mnist") for w in command)
 
 
-def readme_commands() -> Dict[str, List[str]]:
-    """Every command of the README that runs mnist, once each, in README order: text -> words."""
+def page_commands() -> Dict[str, List[str]]:
+    """Every command of the README and docs pages that runs mnist, once each, in page order: text -> words."""
     found = {}
-    for language, line in fenced_lines(README.read_text()):
+    for language, line in fenced_lines(pages_text()):
         if language in ("bash", "yaml"):
             for command in filter(invokes_mnist, commands(line)):
                 found.setdefault(" ".join(command), command)
     return found
 
 
-COMMANDS = readme_commands()
+COMMANDS = page_commands()
 
 
 def test_every_mnist_line_is_collected_and_every_listed_line_exists():
-    mentioned = {
-        " ".join(c) for _, line in fenced_lines(README.read_text()) for c in commands(line) if mentions_mnist(c)
-    }
-    assert mentioned - set(COMMANDS) == set(), "README code that runs mnist in a way this test does not collect"
+    mentioned = {" ".join(c) for _, line in fenced_lines(pages_text()) for c in commands(line) if mentions_mnist(c)}
+    assert mentioned - set(COMMANDS) == set(), "README or docs code that runs mnist in a way this test does not collect"
     listed = {*SKIP, *COMPOSE_ONLY, *NEEDS_CUDA}
-    assert listed - set(COMMANDS) == set(), "listed here but no longer in the README: remove them"
-    assert len(COMMANDS) >= 10, "the README's code blocks were not found"
+    assert listed - set(COMMANDS) == set(), "listed here but no longer in the README or docs: remove them"
+    in_readme = {
+        " ".join(c) for _, line in fenced_lines(README.read_text()) for c in commands(line) if invokes_mnist(c)
+    }
+    assert len(in_readme) >= 10 and len(COMMANDS) >= 40, "the README's or the docs' code blocks were not found"
 
 
 # --- what the lines run on -------------------------------------------------------------------------------
@@ -132,7 +158,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_run(workdir, cli_env) -> Path:
-    """The run the README's run folder names; also `latest` until a README line trains."""
+    """The run the pages' run folder names; also `latest` until a page's line trains."""
     result = run_mnist("train", *TRAINED, cwd=workdir, env=cli_env)
     assert result.returncode == 0, result.stderr
     return workdir / result.stdout.strip().splitlines()[-1]
@@ -140,7 +166,7 @@ def trained_run(workdir, cli_env) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_folder(workdir, cli_env) -> Path:
-    """The sweep the README's sweep folder names: the newest one a README line made, else two tiny jobs."""
+    """The sweep the pages' sweep folder names: the newest one a page's line made, else two tiny jobs."""
     finished = sorted(
         (p.parent for p in (workdir / "outputs" / "multirun").glob("*/*/leaderboard.json")),
         key=lambda p: p.stat().st_mtime,
@@ -210,7 +236,7 @@ def tiny_train(line: str, args: List[str], workdir: Path) -> List[str]:
         args = [",".join(a.split(",")[:2]) if "=" in a and "[" not in a and "(" not in a else a for a in args]
     if value(args, "hparams_search") == "optuna":
         args = with_value(args, "hydra.sweeper.n_trials", "2")  # 20 or 5 trials cut to 2: the same machinery
-    if value(args, "data.limit") is None:  # a line giving its own data.limit runs as the README has it
+    if value(args, "data.limit") is None:  # a line giving its own data.limit runs as the page has it
         batch = int(value(args, "batch_size") or 0)
         batch = 512 if line in NEEDS_CUDA else batch  # the GPU preset's batch
         # 260 training images: one batch of the optuna search's largest batch_size (256)
@@ -228,9 +254,9 @@ def composed_only(args: List[str]) -> List[str]:
 
 
 def prepare(line: str, places: Dict[str, Path], workdir: Path, env: dict) -> Tuple[List[str], dict]:
-    """(argv, env) that run the README line in workdir; places: the real run and sweep folders."""
+    """(argv, env) that run the page's line in workdir; places: the real run and sweep folders."""
     parts, env = COMMANDS[line], dict(env)
-    while ASSIGNMENT.match(parts[0]):  # VAR=value mnist ...: the README's data folder is the synthetic one
+    while ASSIGNMENT.match(parts[0]):  # VAR=value mnist ...: the pages' data folder is the synthetic one
         name, given = parts[0].split("=", 1)
         env[name] = env["MNIST_DATA_ROOT"] if name == "MNIST_DATA_ROOT" else given
         parts = parts[1:]
@@ -271,7 +297,7 @@ def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env)
     if SWEEP_PLACEHOLDER in line:
         places["sweep"] = request.getfixturevalue("sweep_folder")
     argv, env = prepare(line, places, workdir, cli_env)
-    if argv[1] == "serve":  # runs until stopped: started, asked as the README's curl lines ask, stopped
+    if argv[1] == "serve":  # runs until stopped: started, asked as the pages' curl lines ask, stopped
         return serve_line(argv, workdir, env)
     entry = TORCHRUN_ENTRY if argv[0] == TORCHRUN else MNIST_ENTRY  # torchrun's workers are new processes
     before = folders(workdir)
@@ -293,13 +319,13 @@ def test_readme_line(line, request, workdir, trained_run, readme_files, cli_env)
 
 # --- a server line --------------------------------------------------------------------------------------
 
-LOCAL = re.compile(r"http://127\.0\.0\.1:8000")  # where the README's curl lines send their requests
+LOCAL = re.compile(r"http://127\.0\.0\.1:8000")  # where the pages' curl lines send their requests
 
 
 def serve_line(argv: List[str], workdir: Path, env: dict) -> None:
-    """Run a README `mnist serve` line for real, on a free port instead of the line's (port=0; parallel tests
-    never collide), run each curl line of the README against it, then Ctrl-C: exit 0, no traceback."""
-    assert value(argv, "host") in (None, "127.0.0.1"), "a README serve line is run here only on 127.0.0.1"
+    """Run a `mnist serve` line of a page for real, on a free port instead of the line's (port=0; parallel tests
+    never collide), run each curl line of the pages against it, then Ctrl-C: exit 0, no traceback."""
+    assert value(argv, "host") in (None, "127.0.0.1"), "a serve line is run here only on 127.0.0.1"
     out = workdir / "serve.out"
     server = start_mnist(*with_value(argv[1:], "port", "0"), cwd=workdir, env=env, stdout=out)
     try:
@@ -312,10 +338,10 @@ def serve_line(argv: List[str], workdir: Path, env: dict) -> None:
         url = found.group(1)
         curls = [
             line
-            for language, line in fenced_lines(README.read_text())
+            for language, line in fenced_lines(pages_text())
             if language == "bash" and line.lstrip().startswith("curl ")
         ]
-        assert curls, "the README shows no curl line for mnist serve"
+        assert curls, "neither the README nor the docs show a curl line for mnist serve"
         for curl in curls:
             done = subprocess.run(
                 LOCAL.sub(url, curl.split(" #")[0]), shell=True, cwd=workdir, capture_output=True, text=True, timeout=60
@@ -332,7 +358,7 @@ def serve_line(argv: List[str], workdir: Path, env: dict) -> None:
     assert out.read_text().strip().splitlines()[-1].startswith("mnist serve: stopped on SIGINT;")
 
 
-# --- what the README says a training line does ------------------------------------------------------------
+# --- what the pages say a training line does ------------------------------------------------------------
 
 
 def folders(workdir: Path) -> Dict[str, set]:
@@ -356,7 +382,7 @@ def jobs_of(argv: List[str]) -> int:
 
 
 def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict[str, set]) -> None:
-    """What the README promises of a training line, checked on what it wrote."""
+    """What the pages promise of a training line, checked on what it wrote."""
     resumed = value(argv, "resume")
     new = {kind: found - before[kind] for kind, found in folders(workdir).items()}
     if resumed is not None:  # the run continues in its own folder and trains up to the epochs asked, each once
@@ -379,11 +405,11 @@ def keeps_its_promises(argv: List[str], stdout: str, workdir: Path, before: Dict
 
 
 def test_every_test_the_readme_names_exists():
-    """The Bad input and Faults survived tables name the test behind each row."""
-    named = set(re.findall(r"(?<![.\w])(test_\w+?)(?:\[|`)", README.read_text()))  # not a key: dataset.test_time_flip
+    """The Bad input and Faults survived tables (docs/bad-input.md) name the test behind each row; any page may."""
+    named = set(re.findall(r"(?<![.\w])(test_\w+?)(?:\[|`)", pages_text()))  # not a key: dataset.test_time_flip
     defined = set(
         re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py")), re.M)
     )
     assert len(named) >= 10 and named - defined == set()
-    ellipsed = set(re.findall(r"`…(\w+)\[", README.read_text()))  # `…leaves_nothing[case]`: the end of a named test
+    ellipsed = set(re.findall(r"`…(\w+)\[", pages_text()))  # `…leaves_nothing[case]`: the end of a named test
     assert all(any(d.endswith(e) for d in defined) for e in ellipsed), ellipsed
