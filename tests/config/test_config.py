@@ -1,5 +1,6 @@
-"""One source for every value: the YAML under conf/ gives them, the schema in config.py only names and types
-them, the README's Config section agrees with both, and `--help` never imports torch."""
+"""One source for every value: the YAML under conf/ gives them, the schema in config/schema.py only names and
+types them, docs/configuration.md agrees with both, every list of names written twice is checked against its
+twin, and `--help` never imports torch."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from hydra import initialize_config_module
 from omegaconf import MISSING, OmegaConf
 
 from mnist_cli.config.checks import refuse_unknown_keys
-from mnist_cli.config.compatibility import defaults_for
+from mnist_cli.config.compatibility import FILLED_AS_BEFORE, NOT_FILLED_ON_RESUME, defaults_for
 from mnist_cli.config.compose import compose
-from mnist_cli.config.schema import COMMAND_SCHEMAS, GROUP_SCHEMAS
+from mnist_cli.config.schema import CHOSEN_GROUPS, COMMAND_SCHEMAS, GROUP_SCHEMAS, OUTPUT_FORMATS, AugmentConfig
 from mnist_cli.errors import UserError
 
 CONF = importlib.resources.files("mnist_cli.conf")
@@ -64,7 +65,7 @@ def test_the_schema_holds_names_and_types_only():
         for f in dataclasses.fields(schema)
         if f.default is not MISSING and not dataclasses.is_dataclass(f.default_factory)
     ]
-    assert not with_values, f"give these their values in conf/*.yaml, not in config.py: {with_values}"
+    assert not with_values, f"give these their values in conf/*.yaml, not in config/schema.py: {with_values}"
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}/{o}" for g, o in OPTIONS])
@@ -85,6 +86,45 @@ def test_every_command_yaml_gives_every_key_of_its_schema_and_no_other(command):
     assert keys(values) == expected
     required = {k for k in keys(values) if OmegaConf.is_missing(OmegaConf.create(values), k)}
     assert required == (set() if command == "train" else {"run"}), "only run= is left for the user to give"
+
+
+def yaml_options(group: str) -> set:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return {f.name[: -len(".yaml")] for f in CONF.joinpath(group).iterdir() if f.name.endswith(".yaml")}
+
+
+@pytest.mark.parametrize("group", GROUP_SCHEMAS)
+def test_each_group_folder_holds_exactly_the_options_the_schema_names(group):
+    assert yaml_options(group) == set(GROUP_SCHEMAS[group]), f"conf/{group}/ and GROUP_SCHEMAS[{group!r}] disagree"
+
+
+def test_every_group_a_command_line_picks_is_a_folder_of_conf():
+    assert all(CONF.joinpath(group).is_dir() for group in CHOSEN_GROUPS)
+
+
+def test_the_docs_list_every_option_of_every_group():
+    groups = README[README.index("\n## Groups\n") : README.index("\nModels:\n")]
+    rows = re.findall(r"^\| `(\w+)` \| (.*?) \|", groups, re.M)
+    for group, cell in rows:
+        listed = set(re.findall(r"`(\w+)`", cell.split(";")[0].split("(")[0]))
+        assert listed == yaml_options(group), f"docs/configuration.md's {group} row and conf/{group}/ disagree"
+    assert {g for g, _ in rows} == {p.name for p in CONF.iterdir() if p.is_dir() and yaml_options(p.name)}
+
+
+def test_what_old_runs_resume_with_names_keys_of_the_schema():
+    # before dataset.augment existed, runs trained with these values: every augment key needs one
+    assert set(FILLED_AS_BEFORE["dataset.augment"]) == {f.name for f in dataclasses.fields(AugmentConfig)}
+    fillable = schema_keys(COMMAND_SCHEMAS["train"]) | {
+        f"{group}.{key}" for group, options in GROUP_SCHEMAS.items() for s in options.values() for key in schema_keys(s)
+    }
+    for key in [*FILLED_AS_BEFORE, *NOT_FILLED_ON_RESUME]:
+        assert any(k == key or k.startswith(f"{key}.") for k in fillable), key
+
+
+def test_the_export_formats_the_checks_allow_are_those_export_writes():
+    from mnist_cli.inference import export  # imports torch: only here
+
+    assert OUTPUT_FORMATS["export"] == tuple(export.FILENAMES) == tuple(export.SUFFIXES) == tuple(export.EXPORTERS)
 
 
 def test_the_default_train_config_is_what_the_readme_says():
