@@ -12,6 +12,8 @@ Imports optuna (extra mnist-cli[optuna]); never torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import threading
@@ -22,8 +24,10 @@ from typing import Dict, List, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_cli.errors import first_line
+from mnist_cli.errors import UserError, first_line
 from mnist_cli.paths import sqlite_file
+from mnist_cli.runs.locks import exclusive
+from mnist_cli.search import optuna_internals as internals
 
 HEARTBEAT_SECONDS = 30
 STALE_SECONDS = 300
@@ -143,7 +147,7 @@ def stop_trial(study: optuna.Study, number: int, why: str) -> None:
     (once: a rerun that is stopped too is not queued a third time)."""
     trial = study.get_trials(deepcopy=False)[number]
     try:
-        study._storage.set_trial_user_attr(trial._trial_id, "stopped", why)
+        internals.set_trial_attr(study, trial, "stopped", why)
         study.tell(number, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):  # another worker got there first
         return
@@ -201,3 +205,58 @@ def innermost_reason(error: BaseException) -> str:
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
     return first_line(error)
+
+
+def damaged(location: str, error: BaseException) -> str:
+    """The sentence for a study whose storage answers with a damaged database."""
+    return (
+        f"the Optuna storage {shown(location)} is damaged ({innermost_reason(error)}); move it away "
+        "and run the search again, or give another hydra.sweeper.study_name (the trials' results stay in their run "
+        "folders: mnist report outputs/multirun)."
+    )
+
+
+def study_name(given: Optional[str], setup: List[str]) -> str:
+    """The given name, else one made from the setup: the same command continues the same study,
+    another command starts its own."""
+    if given:
+        return given
+    return "mnist-" + hashlib.sha1(json.dumps(setup).encode()).hexdigest()[:8]
+
+
+def open_study(settings, outputs_dir: str, setup: List[str], direction: str, metric: str):
+    """(the study, its storage location, the lock file): created, or loaded when the same command
+    (or a worker beside this one) made it. Raises UserError for a study made by another command,
+    or a storage that cannot be opened."""
+    name = study_name(settings.study_name, setup)
+    try:
+        location = absolute_location(settings.storage or default_location(outputs_dir, name))
+    except ValueError as error:
+        raise UserError(f"hydra.sweeper.storage: {error}.") from None
+    lock = lock_path(location)
+    pruner = make_pruner(settings.pruner, settings.warmup_epochs, settings.startup_trials)
+    try:
+        with exclusive(lock):  # two workers starting at once would both create the tables
+            study = optuna.create_study(
+                study_name=name, storage=open_storage(location), direction=direction, pruner=pruner, load_if_exists=True
+            )
+            made_with = study.user_attrs.get(SETUP)
+            if made_with is None:
+                study.set_user_attr(SETUP, setup)
+    except damaged_storage_errors() as error:
+        raise UserError(damaged(location, error)) from None
+    except Exception as error:  # a bad URL, an unreachable server, an unwritable folder
+        raise UserError(f"the Optuna storage {shown(location)} cannot be opened ({first_line(error)}).") from None
+    where = f"study {name} in {shown(location)}"
+    if made_with is not None and made_with != setup:
+        differ = sorted(set(setup) ^ set(made_with))
+        raise UserError(
+            f"{where} was made with other settings ({', '.join(differ)} differ); "
+            "give the same overrides, or another hydra.sweeper.study_name."
+        )
+    if study.direction.name.lower() != direction:
+        raise UserError(
+            f"{where} {study.direction.name.lower()}s its value, and optimized_metric={metric} is "
+            f"{direction}d; give another hydra.sweeper.study_name."
+        )
+    return study, location, lock

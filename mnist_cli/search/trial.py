@@ -1,7 +1,7 @@
 """A training job's side of an Optuna trial: the job records its run folder in the trial, reports
 after every epoch the value the run would end with, and stops when the study's pruner says so.
 All of it goes through the study's storage, so it works from any launcher's process or machine.
-The sweep (search.py) tells the job where its trial is through three environment variables.
+The sweep tells the job where its trial is through three environment variables (job_overrides).
 A storage that fails (locked, unreachable) is one warning: the job then trains to its end, unpruned.
 """
 
@@ -11,12 +11,26 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from mnist_cli.errors import first_line
 
-# set for each trial's job by the sweep (search.job_overrides, through hydra.job.env_set)
+# set for each trial's job by the sweep (job_overrides, through hydra.job.env_set)
 ENV_STORAGE, ENV_STUDY, ENV_TRIAL = "MNIST_OPTUNA_STORAGE", "MNIST_OPTUNA_STUDY", "MNIST_OPTUNA_TRIAL_ID"
+
+
+def job_overrides(fixed: List[str], location: str, name: str, trial) -> List[str]:
+    """A trial's job: the fixed overrides, the trial's parameters, and where its study is (for pruning)."""
+    from mnist_cli.config.compose import quoted_value
+    from mnist_cli.search.optuna_internals import trial_id
+
+    return [
+        *fixed,
+        *(f"{k}={v}" for k, v in trial.params.items()),
+        f"++hydra.job.env_set.{ENV_STORAGE}={quoted_value(location)}",
+        f"++hydra.job.env_set.{ENV_STUDY}={quoted_value(name)}",
+        f"++hydra.job.env_set.{ENV_TRIAL}={trial_id(trial)}",
+    ]
 
 
 def _warn(error: Exception) -> None:
@@ -62,6 +76,7 @@ def study_trial(sweeper_settings, run_dir: Path) -> Optional[StudyTrial]:
     import optuna
 
     from mnist_cli.search import study as studies
+    from mnist_cli.search.optuna_internals import live_trial
 
     pruner = studies.make_pruner(
         sweeper_settings.pruner, sweeper_settings.warmup_epochs, sweeper_settings.startup_trials
@@ -69,7 +84,7 @@ def study_trial(sweeper_settings, run_dir: Path) -> Optional[StudyTrial]:
     try:
         storage = studies.open_storage(os.environ[ENV_STORAGE])
         study = optuna.load_study(study_name=os.environ[ENV_STUDY], storage=storage, pruner=pruner)
-        trial = optuna.trial.Trial(study, int(os.environ[ENV_TRIAL]))
+        trial = live_trial(study, int(os.environ[ENV_TRIAL]))
         trial.set_user_attr(studies.RUN, str(run_dir))
     except Exception as error:
         _warn(error)

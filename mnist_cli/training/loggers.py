@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional
 
 from mnist_cli.errors import first_line
 from mnist_cli.paths import sqlite_file
-from mnist_cli.runs import folder as runs
+from mnist_cli.runs.atomic import write_json
+from mnist_cli.runs.folder import RunFolder
+from mnist_cli.runs.locks import exclusive
 
-STATE_FILE = "loggers.json"  # in the run folder: {"mlflow": {"tracking_uri", "run_id"}}
-TB_FOLDER = "tb"
 EPOCH_SCALARS = {
     "train/loss": "train_loss",
     "train/accuracy": "train_accuracy",
@@ -44,7 +44,6 @@ EPOCH_SCALARS = {
 }
 # (the last two only with ema_decay: the trained weights and their average, val/accuracy the better)
 MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}
-EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> the extra that installs it
 
 
 def flat(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -69,7 +68,7 @@ def summary_metrics(summary: Dict[str, Any]) -> Dict[str, float]:
 def read_state(run_dir: Path) -> Dict[str, Any]:
     """loggers.json of a run folder ({} when there is none, or it is damaged)."""
     try:
-        state = json.loads((Path(run_dir) / STATE_FILE).read_text())
+        state = json.loads(RunFolder(run_dir).loggers.read_text())
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -78,7 +77,7 @@ def read_state(run_dir: Path) -> Dict[str, Any]:
 def known_mlflow_run(run_dir: Path) -> Optional[Dict[str, str]]:
     """The MLflow run loggers.json names ({"tracking_uri", "run_id", ...}), or None: no file, or
     one that does not name a run (a warning says so: the run's MLflow history cannot be found)."""
-    path = Path(run_dir) / STATE_FILE
+    path = RunFolder(run_dir).loggers
     if not path.exists():
         return None
     known = read_state(run_dir).get("mlflow")
@@ -112,6 +111,17 @@ def default_tracking_uri(outputs_dir: str) -> str:
     return f"sqlite:///{Path(outputs_dir).resolve() / 'mlflow.db'}"
 
 
+def write_hparams(writer, params: Dict[str, Any], scores: Dict[str, float]) -> None:
+    """Write the HParams tab's records into `writer`'s own event file. SummaryWriter.add_hparams would
+    make a new timestamped folder with its own scalars; its file writer (SummaryWriter._get_file_writer(),
+    private in torch.utils.tensorboard) takes the records as they are. The one reach into TensorBoard's
+    internals: tests/training/test_loggers.py names it when an upgrade changes it."""
+    from torch.utils.tensorboard.summary import hparams
+
+    for part in hparams(params, scores):
+        writer._get_file_writer().add_summary(part)
+
+
 class TensorBoardLogger:
     """Event files in <run>/tb: epoch scalars, the training loss every N steps, hparams at the end."""
 
@@ -119,8 +129,9 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.every = settings.log_every_n_steps
-        resumed = (run_dir / TB_FOLDER).is_dir()  # hide what the last process wrote after its checkpoint
-        self.writer = SummaryWriter(str(run_dir / TB_FOLDER), purge_step=start_step + 1 if resumed else None)
+        tb = RunFolder(run_dir).tb
+        resumed = tb.is_dir()  # hide what the last process wrote after its checkpoint
+        self.writer = SummaryWriter(str(tb), purge_step=start_step + 1 if resumed else None)
 
     def step(self, global_step: int, loss: float) -> None:
         self.writer.add_scalar("train/step_loss", loss, global_step)
@@ -136,12 +147,9 @@ class TensorBoardLogger:
 
     def finish(self, summary: Dict[str, Any], config: Dict[str, Any], global_step: int) -> None:
         """The run's hyperparameters beside its final numbers (TensorBoard's HParams tab)."""
-        from torch.utils.tensorboard.summary import hparams
-
         params = {k: ("null" if v is None else v) for k, v in flat(config).items()}
         scores = {f"hparam/{k}": v for k, v in summary_metrics(summary).items()}
-        for part in hparams(params, scores):
-            self.writer._get_file_writer().add_summary(part)
+        write_hparams(self.writer, params, scores)
         for tag, value in scores.items():
             self.writer.add_scalar(tag, value, global_step)
         self.close()
@@ -176,7 +184,7 @@ class MLflowLogger:
         from mlflow.entities import Param
 
         name = settings.experiment or default_experiment(config["dataset"]["name"], None)
-        with runs.exclusive(_lock_of(self.tracking_uri)):  # sweep jobs starting together: one experiment
+        with exclusive(_lock_of(self.tracking_uri)):  # sweep jobs starting together: one experiment
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
                 artifacts = (Path(config["outputs_dir"]).resolve() / "mlartifacts").as_uri()
@@ -198,7 +206,7 @@ class MLflowLogger:
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         state = read_state(self.run_dir)
         state["mlflow"] = {"tracking_uri": self.tracking_uri, "run_id": run.info.run_id, "experiment": name}
-        runs.write_json(self.run_dir / STATE_FILE, state)
+        write_json(RunFolder(self.run_dir).loggers, state)
         return run.info.run_id
 
     def step(self, global_step: int, loss: float) -> None:
@@ -225,12 +233,8 @@ class MLflowLogger:
         numbers = [Metric(k, v, now, step) for k, v in summary_metrics(summary).items()]  # a resumed run: the next step
         self.client.log_batch(self.run_id, metrics=numbers, tags=[RunTag("status", summary["status"])])
         if summary["status"] != "interrupted":  # the files once, when the run is over (not at every Ctrl-C)
-            for name, folder in (
-                ("summary.json", None),
-                (".hydra/config.yaml", None),
-                ("checkpoints/best.pt", "checkpoints"),
-            ):
-                path = self.run_dir / name
+            run = RunFolder(self.run_dir)
+            for path, folder in ((run.summary, None), (run.hydra_config, None), (run.best, run.checkpoints.name)):
                 if path.is_file():
                     self.client.log_artifact(self.run_id, str(path), folder)
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(summary["status"], "FAILED"))
@@ -255,7 +259,7 @@ def _mlflow_client(tracking_uri: str):
     for name in ("alembic", "mlflow"):  # after the import, which sets mlflow's own level; its errors reach
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the user as our one-line warning instead
 
-    with runs.exclusive(_lock_of(tracking_uri)):  # the first client of a new database migrates it
+    with exclusive(_lock_of(tracking_uri)):  # the first client of a new database migrates it
         client = MlflowClient(tracking_uri=tracking_uri)
         client.search_experiments(max_results=1)  # connects now: a bad URI fails here, not mid-training
     return client
@@ -315,7 +319,7 @@ def start_loggers(settings, run_dir: Path, config: Dict[str, Any], history: List
             loggers.active[name] = make(chosen)
         except ImportError:
             print(
-                f"warning: logger={name} needs its extra: pip install 'mnist-cli[{EXTRAS[name]}]'; training goes on without it.",
+                f"warning: logger={name} needs its extra: pip install 'mnist-cli[{name}]'; training goes on without it.",
                 file=sys.stderr,
             )
         except Exception as error:
@@ -353,8 +357,9 @@ def log_evaluation(run_dir: Path, settings, report: Dict[str, Any], pictures: Di
                 mlflow["run_id"],
                 metrics=[Metric(f"eval/{k}", float(v), now, report["epoch"]) for k, v in numbers.items()],
             )
-            for path in [*pictures.values(), run_dir / "eval" / f"{split}.json"]:
-                client.log_artifact(mlflow["run_id"], str(path), "eval")
+            eval_dir = RunFolder(run_dir).eval
+            for path in [*pictures.values(), eval_dir / f"{split}.json"]:
+                client.log_artifact(mlflow["run_id"], str(path), eval_dir.name)
         except Exception as error:
             print(
                 f"warning: the mlflow logger failed ({_first_line(error)}); the evaluation is saved all the same.",
@@ -369,7 +374,7 @@ def _tensorboard_evaluation(
     from PIL import Image
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(run_dir / TB_FOLDER / "eval")) as writer:
+    with SummaryWriter(str(RunFolder(run_dir).tb / "eval")) as writer:
         for name, value in numbers.items():
             writer.add_scalar(f"eval/{name}", value, epoch)
         for name, path in pictures.items():

@@ -20,7 +20,7 @@ from conftest import run_mnist, start_mnist
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed: pip install -e '.[optuna]'")
 from optuna.trial import TrialState  # noqa: E402
 
-from mnist_cli.runs import folder as runs  # noqa: E402
+from mnist_cli.runs.locks import exclusive  # noqa: E402
 from mnist_cli.search import study as studies  # noqa: E402
 
 TINY = ["epochs=1", "data.limit=300", "data.val_size=60", "batch_size=60", "model.augment=false", "device=cpu"]
@@ -90,7 +90,7 @@ def complete_trials(workdir: Path) -> int:
     database, and doing that beside the sweep's own creation fails one of the two."""
     try:
         (database,) = (workdir / "outputs" / "optuna").glob("*.db")
-        with runs.exclusive(studies.lock_path(f"sqlite:///{database}")):
+        with exclusive(studies.lock_path(f"sqlite:///{database}")):
             return states(the_study(workdir)).get("COMPLETE", 0)
     except Exception:
         return 0
@@ -292,14 +292,15 @@ def test_storage_locations_are_absolute_and_shown_without_passwords(tmp_path, mo
 
 
 def test_a_grid_sampler_ends_the_search_when_its_grid_is_done():
-    from mnist_cli.search import sweep as search
+    from mnist_cli.search.optuna_internals import tell
+    from mnist_cli.search.sweep import exhausted
 
     study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1, 2]}))
     distributions = {"x": optuna.distributions.CategoricalDistribution([1, 2])}
     for _ in range(2):
         trial = study.ask(distributions)
-        search.tell(study, trial.number, 1.0)  # the grid's study.stop() outside optimize() is not an error
-    assert states(study) == {"COMPLETE": 2} and search.exhausted(study)
+        tell(study, trial.number, 1.0)  # the grid's study.stop() outside optimize() is not an error
+    assert states(study) == {"COMPLETE": 2} and exhausted(study)
 
 
 def test_a_named_study_refuses_a_command_with_other_settings(tmp_path, cli_env):

@@ -19,7 +19,7 @@ tensorboard = pytest.importorskip(
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed: pip install -e '.[mlflow]'")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from mnist_cli.training.loggers import EPOCH_SCALARS, flat  # noqa: E402
+from mnist_cli.training.loggers import EPOCH_SCALARS, flat, write_hparams  # noqa: E402
 
 # 240 training images in batches of 30: 8 steps per epoch
 TINY = ["model=mlp", "model.hidden=[32]", "data.limit=300", "data.val_size=60", "batch_size=30", "device=cpu"]
@@ -43,6 +43,29 @@ def scalars(folder: Path) -> EventAccumulator:
 def mlflow_runs(workdir: Path, experiment: str):
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}")
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_hparams_are_written_through_the_summary_writers_own_file_writer(tmp_path):
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    changed = f"torch.utils.tensorboard (torch {torch.__version__}) no longer has SummaryWriter._get_file_writer()"
+    with SummaryWriter(str(tmp_path)) as writer:
+        assert callable(getattr(writer, "_get_file_writer", None)), f"{changed}; update training/loggers.write_hparams"
+        write_hparams(writer, {"lr": 0.1, "model": "mlp"}, {"hparam/best_val_accuracy": 0.9})
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [], "write_hparams made a folder of its own"
+    assert "_hparams_/session_start_info" in scalars(tmp_path).PluginTagToContent("hparams"), (
+        f"{changed}.add_summary that writes the HParams records; update training/loggers.write_hparams"
+    )
+
+
+def test_each_logger_is_installed_by_the_extra_of_its_name():
+    """The warning for a missing package says pip install 'mnist-cli[<logger>]': each logger has that extra."""
+    from importlib.metadata import metadata
+
+    extras = set(metadata("mnist-cli").get_all("Provides-Extra"))
+    loggers = {p.stem for p in (Path(__file__).parents[2] / "conf" / "logger").glob("*.yaml")} - {"csv"}
+    assert loggers and loggers <= extras, sorted(loggers - extras)
 
 
 @pytest.mark.slow
