@@ -8,6 +8,7 @@ Imports nothing heavy: the CLI guards its streams before `mnist --help` prints.
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 
 EX_IOERR = 74  # sysexits.h: the exit code when our own output could not be written (never 1, eval's failed gate)
@@ -75,3 +76,17 @@ def lost_output():
         return None
     sys.stdout.flush()
     return sys.stdout.lost
+
+
+def say_output_lost(why: str) -> None:
+    """Standard output could not be written (a full disk, /dev/full): say so on stderr; returns nothing.
+    The caller exits 74 (EX_IOERR) where it would have exited 0, never 1, the failed-gate code of `mnist eval`."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere at exit
+    print(f"mnist: the command's work is done, but its output could not be written ({why}).", file=sys.stderr)
+
+
+def closed_pipe() -> int:
+    """Output piped into `head` and the like, whose reader went away: stop quietly, as `cat` does.
+    Returns 141 (128 + SIGPIPE), never 1, the failed-gate code of `mnist eval`."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141

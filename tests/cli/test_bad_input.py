@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import IDX_NAMES, run_mnist
-from mnist_cli.cli.main import _refuse_before_hydra
+from mnist_cli.cli.command_line import parse_command_line, refuse_before_hydra
 from mnist_cli.config.checks import check_config
 from mnist_cli.config.compose import compose
 from mnist_cli.config.hydra_refusals import composition_problem
@@ -96,7 +96,7 @@ def test_a_config_mistake_is_refused_in_one_sentence(command, overrides, message
 )
 def test_a_command_line_hydra_would_misread_is_refused_before_it_starts(args, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        _refuse_before_hydra(args)
+        refuse_before_hydra(parse_command_line("train", args))
 
 
 # (command, overrides, the sentence): Hydra refuses these while composing; its own message runs over lines
