@@ -111,6 +111,19 @@ def test_the_docs_list_every_option_of_every_group():
     assert {g for g, _ in rows} == {p.name for p in CONF.iterdir() if p.is_dir() and yaml_options(p.name)}
 
 
+def test_no_global_option_before_train_yamls_own_values_sets_one_of_them():
+    # train.yaml's _self_ comes after these groups: a top-level key set by their options would be a dead copy
+    defaults = yaml.safe_load(CONF.joinpath("train.yaml").read_text())["defaults"]
+    names = [next(iter(d)) if isinstance(d, dict) else d for d in defaults]
+    own = set(yaml_file("train"))
+    for group in names[: names.index("_self_")]:
+        for option in yaml_options(group) if CONF.joinpath(group).is_dir() else ():
+            text = CONF.joinpath(group, f"{option}.yaml").read_text()
+            if text.startswith("# @package _global_"):
+                dead = own & set(yaml.safe_load(text))
+                assert not dead, f"conf/{group}/{option}.yaml sets {dead}, which train.yaml's own values override"
+
+
 def test_what_old_runs_resume_with_names_keys_of_the_schema():
     # before dataset.augment existed, runs trained with these values: every augment key needs one
     assert set(FILLED_AS_BEFORE["dataset.augment"]) == {f.name for f in dataclasses.fields(AugmentConfig)}
