@@ -20,8 +20,9 @@ from mnist_cli import console
 from mnist_cli.errors import WriteFailed
 from mnist_cli.inference.predictions import load_split, precision, predict_logits
 from mnist_cli.runs import figures
-from mnist_cli.runs import folder as runs
+from mnist_cli.runs.atomic import write_json
 from mnist_cli.runs.checkpoints import load_trained
+from mnist_cli.runs.folder import RunFolder
 from mnist_cli.training.devices import resolve_device
 from mnist_cli.training.loggers import log_evaluation
 
@@ -103,7 +104,7 @@ def evaluate_command(cfg: DictConfig) -> int:
     report["min_accuracy"] = cfg.min_accuracy
     report["passed"] = passed
 
-    out = trained.run_dir / "eval"
+    out = RunFolder(trained.run_dir).eval
     unwritten = write_evaluation(out, report, split, logits, trained)
     if cfg.format == "json":
         print(json.dumps(report, indent=2))
@@ -132,7 +133,7 @@ def write_evaluation(out: Path, report: Dict, split, logits: torch.Tensor, train
             "errors": figures.errors_png(out / f"{name}_errors.png", split, logits, trained.classes),
         }
         report["files"] = {key: str(path) for key, path in pictures.items()}
-        runs.write_json(out / f"{name}.json", report)
+        write_json(out / f"{name}.json", report)
     except (OSError, WriteFailed) as error:  # WriteFailed: atomic_write's sentence, naming the file
         report["files"] = None
         return (

@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from mnist_cli import console
 from mnist_cli.errors import RunFailed, UserError, WriteFailed
 from mnist_cli.inference.predictions import precision
-from mnist_cli.runs import folder as runs
+from mnist_cli.runs.atomic import atomic_write
 from mnist_cli.runs.checkpoints import Trained, load_trained
+from mnist_cli.runs.folder import RunFolder
 
 FILENAMES = {
     "pt2": "model.pt2",
@@ -34,9 +35,6 @@ SUFFIXES = {
     "torchscript": (".pt", ".pth"),
     "onnx": (".onnx",),
 }  # an output named for another format is refused
-# What a train run folder holds (runs.py's layout): an export never replaces these, only earlier exports.
-RUN_FILES = ("summary.json", "metrics.jsonl", "metrics.csv", "train.log", "model.txt", "loggers.json", ".lock")
-RUN_FOLDERS = (".hydra", "checkpoints", "eval", "tb")
 METADATA_FILE = "mnist_cli.json"  # the metadata inside a .pt2 or TorchScript file
 CHECK_BATCHES = (1, 8)  # the round trip is checked on random batches of these sizes (the batch size is free)
 
@@ -162,25 +160,18 @@ def output_path(cfg: DictConfig, trained: Trained) -> Path:
 
 def replaces_run_file(target: Path, checkpoint: Path) -> Optional[str]:
     """What writing `target` would destroy: the exported checkpoint or a file of a train run folder
-    (RUN_FILES, RUN_FOLDERS); None if nothing. The rename replaces the entry `target` names, after its
-    folder's links are followed: a link or hard link named `target` is replaced itself, never its target."""
+    (RunFolder.owns: an export never replaces these, only earlier exports); None if nothing. The rename
+    replaces the entry `target` names, after its folder's links are followed: a link or hard link named
+    `target` is replaced itself, never its target."""
     entry = Path(os.path.realpath(target.parent)) / target.name
     if entry == Path(os.path.realpath(checkpoint)):
         return f"the checkpoint it exports ({checkpoint})"
-    run = next(
-        (
-            p
-            for p in entry.parents
-            if (p / "checkpoints").is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())
-        ),
-        None,
-    )
+    run = next((RunFolder(p) for p in entry.parents if RunFolder(p).is_run()), None)
     if run is None:
         return None
-    inside = entry.relative_to(run)
-    earlier_export = inside.parent == Path("checkpoints") and entry.name in FILENAMES.values()
-    if (inside.parts[0] in RUN_FOLDERS or str(inside) in RUN_FILES) and not earlier_export:
-        return f"{inside} of the run folder {run}"
+    earlier_export = entry.parent == run.checkpoints and entry.name in FILENAMES.values()
+    if run.owns(entry) and not earlier_export:
+        return f"{entry.relative_to(run.path)} of the run folder {run.path}"
     return None
 
 
@@ -197,7 +188,7 @@ def export_command(cfg: DictConfig) -> int:
             f"the {cfg.format} file gives logits up to {difference:.3g} away from the model's; it was not written."
         )
     try:
-        runs.atomic_write(target, lambda f: f.write(data))
+        atomic_write(target, lambda f: f.write(data))
     except WriteFailed as error:  # output= names a folder that cannot be written: the user's to fix
         raise UserError(str(error)) from None
     console.say(f"exported {trained.config.model.name} ({trained.config.dataset.name}) as {cfg.format}: {target}")

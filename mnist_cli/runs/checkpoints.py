@@ -4,7 +4,8 @@ A checkpoint is one dict (torchvision's references do the same): model, optimize
 state (epoch, step, best, epoch history), the resolved config, classes, normalisation, versions
 and RNG states. This module owns what goes in (snapshot), writing it atomically (save), reading
 it with weights_only=True and checking it (read_checkpoint, read_resumable), and bringing it
-back (state_of, restore, load_trained).
+back (state_of, restore, load_trained). It alone knows the formats older mnist-cli versions wrote:
+upgrade() brings them to today's, and every reader gets that.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import mnist_cli
 from mnist_cli.errors import UserError
-from mnist_cli.runs import folder as runs
 from mnist_cli.runs import metrics
+from mnist_cli.runs.atomic import atomic_write
+from mnist_cli.runs.folder import RunFolder, hydra_overrides, resolve_checkpoint, run_dir_of
+from mnist_cli.runs.state import RunState
 from mnist_cli.training.models import build_model, for_inference
 from mnist_cli.training.optim import load_optimizer_state
 
@@ -29,6 +32,28 @@ FORMAT = "mnist-cli-checkpoint"
 # 2: adds "history", "overrides" and "wall_seconds"; the scheduler is rebuilt on resume, not stored
 # 3: adds "ema" and "inference_weights" (which of "model" and "ema" eval, predict and export load)
 VERSION = 3
+
+
+def upgrade(checkpoint: Dict[str, Any], run: RunFolder) -> Dict[str, Any]:
+    """`checkpoint` (format 1, 2 or 3) as format VERSION holds it; `run`: its run folder, where format 1
+    kept what it lacks (the epochs in metrics.jsonl, the overrides in .hydra/overrides.yaml).
+
+    Only the checkpoint's own fields are upgraded: its config, from whichever mnist-cli version, is
+    brought up to today's keys on resume by config.compatibility.defaults_for, as .hydra/config.yaml is."""
+    version = checkpoint.get("format_version", 1)
+    if version >= VERSION:
+        return checkpoint
+    checkpoint = dict(checkpoint, format_version=VERSION)
+    if version < 2:  # its "scheduler" stays unread: the schedule is rebuilt for the run's length
+        last = [checkpoint["metrics"]] if checkpoint.get("metrics") else []
+        history = [r for r in metrics.read_epochs(run.path) if r["epoch"] < checkpoint["epoch"]] + last
+        checkpoint["history"] = history
+        checkpoint["overrides"] = hydra_overrides(run)
+        checkpoint["wall_seconds"] = sum(row.get("seconds", 0) for row in history)
+    if version < 3:  # no moving average was kept; eval, predict and export load the trained weights
+        checkpoint["ema"] = None
+        checkpoint["inference_weights"] = "model"
+    return checkpoint
 
 
 def versions() -> Dict[str, str]:
@@ -46,7 +71,7 @@ def versions() -> Dict[str, str]:
 def snapshot(
     model,
     optimizer,
-    state: runs.RunState,
+    state: RunState,
     partial: Optional[Tuple],
     config: Dict,
     classes: List[str],
@@ -88,20 +113,20 @@ def snapshot(
 
 def save(path: Path, checkpoint: Dict[str, Any]) -> None:
     """Write `checkpoint` to `path` atomically (raises WriteFailed; the old file stays)."""
-    runs.atomic_write(path, lambda f: torch.save(checkpoint, f))
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
-def state_of(checkpoint: Dict[str, Any], run_dir: Path, overrides: List[str]) -> runs.RunState:
-    """The run state a checkpoint records (format 1: the epochs before its last from metrics.jsonl)."""
-    state = runs.RunState(
-        overrides, checkpoint["epoch"], checkpoint["step"], checkpoint["best"], checkpoint["last_improvement"]
+def state_of(checkpoint: Dict[str, Any]) -> RunState:
+    """The run state a checkpoint (read by read_resumable) records."""
+    return RunState(
+        list(checkpoint["overrides"]),
+        checkpoint["epoch"],
+        checkpoint["step"],
+        checkpoint["best"],
+        checkpoint["last_improvement"],
+        checkpoint["history"],
+        checkpoint["wall_seconds"],
     )
-    state.history = checkpoint.get("history") or (
-        [r for r in metrics.read_epochs(run_dir) if r["epoch"] < checkpoint["epoch"]]
-        + ([checkpoint["metrics"]] if checkpoint.get("metrics") else [])
-    )
-    state.wall_seconds = checkpoint.get("wall_seconds", sum(row.get("seconds", 0) for row in state.history))
-    return state
 
 
 def restore(
@@ -112,7 +137,7 @@ def restore(
     sums of a half-done epoch on `device` (zeros where `carries_sums` is false: under torchrun the
     main process carries them), or None at an epoch boundary."""
     model.load_state_dict(checkpoint["model"])
-    if ema is not None:  # resume.continue_run checked that the checkpoint has it
+    if ema is not None:  # resume.resumed checked that the checkpoint has it
         ema.load_state_dict(checkpoint["ema"])
     load_optimizer_state(optimizer, checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -139,7 +164,8 @@ class Trained:
 
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:
-    """Load an mnist-cli checkpoint without running any pickled code; bad files raise UserError."""
+    """Load an mnist-cli checkpoint without running any pickled code, upgraded to format VERSION;
+    bad files raise UserError."""
     unreadable = UserError(f"{path} is not a readable checkpoint (truncated or not a torch file).")
     try:
         with open(path, "rb") as file:
@@ -164,7 +190,7 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
         raise UserError(
             f"{path} was written by a newer mnist-cli (checkpoint format {checkpoint['format_version']}); upgrade mnist-cli."
         )
-    return checkpoint
+    return upgrade(checkpoint, RunFolder(run_dir_of(path)))
 
 
 def read_resumable(path: Path) -> Dict[str, Any]:
@@ -177,16 +203,16 @@ def read_resumable(path: Path) -> Dict[str, Any]:
 
 def load_trained(run: str, outputs_dir: str, device: torch.device) -> Trained:
     """Load the checkpoint `run` names and rebuild its model; bad files raise UserError."""
-    path = runs.resolve_checkpoint(run, outputs_dir, key="run", prefer=("best.pt", "last.pt"))
+    path = resolve_checkpoint(run, outputs_dir, key="run")
     checkpoint = read_checkpoint(path)
     config = OmegaConf.create(checkpoint["config"])
     model = build_model(config.model, num_classes=len(checkpoint["classes"]))
     try:
-        model.load_state_dict(checkpoint[checkpoint.get("inference_weights", "model")])
+        model.load_state_dict(checkpoint[checkpoint["inference_weights"]])
     except (RuntimeError, KeyError, TypeError):
         raise UserError(f"{path}: the weights do not fit the {config.model.name} model its config describes.") from None
     model = for_inference(model, config).to(device).eval()
     norm = checkpoint["normalization"]
     return Trained(
-        model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, runs.run_dir_of(path), checkpoint
+        model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, run_dir_of(path), checkpoint
     )

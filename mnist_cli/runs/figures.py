@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from mnist_cli.runs import folder as runs
 from mnist_cli.runs import metrics
+from mnist_cli.runs.atomic import atomic_write
 
 
 def _pyplot():
@@ -27,7 +27,7 @@ def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
-    runs.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return path
 
 

@@ -19,8 +19,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from hydra.experimental.callback import Callback
 
 from mnist_cli.errors import WriteFailed
-from mnist_cli.runs import folder as runs
 from mnist_cli.runs import metrics
+from mnist_cli.runs.atomic import write_csv, write_json
+from mnist_cli.runs.folder import METRICS, SUMMARY, RunFolder
 
 DEFAULT_SORT = "best.val_accuracy"
 METRIC_COLUMNS = tuple(m.column for m in metrics.SUMMARY_METRICS.values())
@@ -70,14 +71,14 @@ def find_runs(path: Path) -> List[Path]:
     summary.json or metrics.jsonl. A link below `path` (outputs/train/latest) is skipped: its run is
     found where it really is, once."""
     path = Path(path).resolve()
-    found = {p.parent for name in ("summary.json", "metrics.jsonl") for p in path.rglob(name)}
+    found = {p.parent for name in (SUMMARY, METRICS) for p in path.rglob(name)}
     return sorted((run for run in found if not _through_link(run, path)), key=lambda run: natural_key(str(run)))
 
 
 def read_summary(run_dir: Path) -> Tuple[Dict, Optional[str]]:
     """(summary.json as a dict, {} when there is none or it is damaged; what is wrong with it, or None)."""
     try:
-        text = (run_dir / "summary.json").read_text()
+        text = RunFolder(run_dir).summary.read_text()
     except FileNotFoundError:
         return {}, None
     except OSError as error:
@@ -141,7 +142,7 @@ def _is_overrides(items) -> bool:
 def read_overrides(run_dir: Path) -> Tuple[Dict[str, str], Optional[str]]:
     """(the command-line overrides of a run as {key: value} from .hydra/overrides.yaml, {} when
     there is none or it is damaged; what is wrong with it, or None)."""
-    items, problem = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
+    items, problem = _read_yaml(RunFolder(run_dir).hydra_overrides)
     if problem or items is _NO_FILE:
         return {}, problem
     if not _is_overrides(items or []):
@@ -158,7 +159,7 @@ def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
 def read_config(run_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """(the config a run started with, from .hydra/config.yaml, as {dotted key: value}; None when
     there is none or it is damaged; what is wrong with it, or None)."""
-    config, problem = _read_yaml(run_dir / ".hydra" / "config.yaml")
+    config, problem = _read_yaml(RunFolder(run_dir).hydra_config)
     if problem or config is _NO_FILE:
         return None, problem
     if not isinstance(config, dict):
@@ -424,8 +425,8 @@ def write(folder: Path, records: List[Dict], sort: str) -> None:
     previous file is kept)."""
     rows = rows_for_output(records, folder)
     columns = list(rows[0]) if rows else ["rank", "run", *COLUMNS, "error"]  # no runs: the header alone
-    runs.write_csv(folder / "leaderboard.csv", rows, columns)
-    runs.write_json(folder / "leaderboard.json", {"folder": str(Path(folder).resolve()), "sort": sort, "rows": rows})
+    write_csv(folder / "leaderboard.csv", rows, columns)
+    write_json(folder / "leaderboard.json", {"folder": str(Path(folder).resolve()), "sort": sort, "rows": rows})
 
 
 def build(path: Path, sort: str, top: Optional[int] = None, group_seeds: bool = False) -> List[Dict]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from mnist_cli.runs import folder as runs
+from mnist_cli.runs.atomic import write_csv, write_jsonl
+from mnist_cli.runs.folder import RunFolder
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
@@ -63,15 +64,17 @@ def summary_value(summary: Any, name: str) -> Optional[float]:
 
 
 def files(run_dir: Path) -> tuple:
-    return Path(run_dir) / "metrics.jsonl", Path(run_dir) / "metrics.csv"
+    """(metrics.jsonl, metrics.csv) of the run in `run_dir`."""
+    run = RunFolder(run_dir)
+    return run.metrics_jsonl, run.metrics_csv
 
 
 def write_epochs(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv with `rows`, each atomically."""
     jsonl, csv_path = files(run_dir)
-    runs.write_jsonl(jsonl, rows)
+    write_jsonl(jsonl, rows)
     extra = [key for key in (rows[0] if rows else {}) if key not in EPOCH_COLUMNS]  # ema_decay's columns
-    runs.write_csv(csv_path, rows, EPOCH_COLUMNS + tuple(extra))
+    write_csv(csv_path, rows, EPOCH_COLUMNS + tuple(extra))
 
 
 _reported: Set[str] = set()

@@ -44,6 +44,7 @@ from mnist_cli.errors import UserError
 from mnist_cli.inference.images import ImageError, prepare_file
 from mnist_cli.inference.predictions import probabilities, to_rows
 from mnist_cli.runs.checkpoints import Trained, load_trained
+from mnist_cli.runs.folder import RunFolder
 from mnist_cli.training.devices import resolve_device
 
 READER = "mnist serve"  # names the command in the pixel-limit sentence
@@ -424,10 +425,11 @@ def build_app(service: Service) -> Starlette:
 def run_metrics(trained: Trained) -> Optional[Dict[str, Any]]:
     """The run's summary.json status, epochs and best/final metrics; None for a checkpoint outside a run
     folder, or a run without a readable summary.json."""
-    if trained.checkpoint_path.resolve().parent.name != "checkpoints":
+    run = RunFolder(trained.run_dir)
+    if trained.checkpoint_path.resolve().parent != run.checkpoints:
         return None
     try:
-        summary = json.loads((trained.run_dir / "summary.json").read_text())
+        summary = json.loads(run.summary.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(summary, dict):

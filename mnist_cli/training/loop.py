@@ -2,7 +2,8 @@
 
 Read top to bottom: `train()` sets the run up and runs the epoch loop; `train_one_epoch()` and
 `evaluate()` are the inner loops; `Run` writes the run folder (checkpoints, summary.json).
-The state that changes as training goes on is one `runs.RunState`, passed explicitly.
+How the run starts, fresh or resumed, is one `RunStart`; the state that changes as training goes
+on is one `RunState`, passed explicitly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -24,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cli import console
 from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.runs import checkpoints, metrics
-from mnist_cli.runs import folder as runs
-from mnist_cli.runs.folder import RunState
+from mnist_cli.runs.atomic import atomic_write, copy_atomically, write_json
+from mnist_cli.runs.folder import RunFolder, latest_link, point_latest
+from mnist_cli.runs.resume import RunStart
+from mnist_cli.runs.state import RunState, summary_of
 from mnist_cli.search.trial import StudyTrial
 from mnist_cli.training import distributed
 from mnist_cli.training.augment import from_config
@@ -68,16 +70,12 @@ class Run:
     optimizer: torch.optim.Optimizer
     data: TrainData
     world: World = field(default_factory=World)
-    run_dir: Optional[Path] = None  # None: train without writing (benchmarks)
+    folder: Optional[RunFolder] = None  # None: train without writing (benchmarks)
     facts: Optional[Dict[str, Any]] = None  # for summary.json: parameters, device, versions, ...
     config: Optional[Dict[str, Any]] = None  # cfg resolved to plain data, as checkpoints store it
     started: float = 0.0  # perf_counter() when this process started the run
     loggers: Loggers = field(default_factory=Loggers)  # TensorBoard, MLflow (rank 0 only)
     ema: Optional[WeightAverage] = None  # the moving average of the weights (ema_decay), or None
-
-    @property
-    def last(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
 
     def wall(self, state: RunState) -> float:
         """Seconds spent on the run, by this process and the ones before it."""
@@ -86,7 +84,7 @@ class Run:
     def save(self, state: RunState, partial: Optional[Tuple] = None) -> None:
         """Write last.pt at `state` (under torchrun: the running sums all-reduced, rank 0 writes)."""
         totals = None if partial is None else tuple(all_sum(t.detach().clone(), self.world) for t in partial)
-        if self.world.is_main and self.run_dir is not None:
+        if self.world.is_main and self.folder is not None:
             normalization = {"mean": self.data.mean, "std": self.data.std}
             snapshot = checkpoints.snapshot(
                 self.model,
@@ -99,17 +97,17 @@ class Run:
                 self.wall(state),
                 self.ema,
             )
-            checkpoints.save(self.last, snapshot)
+            checkpoints.save(self.folder.last, snapshot)
 
     def finish(self, state: RunState, status: str, resumed_with: List[str]) -> Dict:
         """Write summary.json for the run as it stands (rank 0); returns it."""
         learned = status in ("completed", "early_stopped")
         warning = did_not_learn(state, self.data) if learned else None
-        summary = runs.summary(
-            status, self.run_dir, self.cfg, state, self.facts, self.wall(state), resumed_with, warning
+        summary = summary_of(
+            status, self.folder.path, self.cfg, state, self.facts, self.wall(state), resumed_with, warning
         )
         if self.world.is_main:
-            runs.write_json(self.run_dir / "summary.json", summary)
+            write_json(self.folder.summary, summary)
             steps = batches_per_epoch(self.data.train, self.cfg.batch_size)
             self.loggers.call("finish", summary, self.config, state.epoch * steps + state.step)
         return summary
@@ -259,49 +257,31 @@ def interrupted(run: Run, state: RunState, stop: StopRequest, where: str, resume
     name = "SIGINT" if stop.signal == signal.SIGINT else "SIGTERM"
     return Interrupted(
         stop.signal or signal.SIGTERM,
-        f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run.run_dir}",
+        f"stopped by {name} {where}; last.pt is saved. Continue with: mnist train resume={run.folder.path}",
     )
 
 
 def diverged(run: Run, state: RunState, loss: float, resumed_with: List[str]) -> RunFailed:
     run.finish(state, "diverged", resumed_with)
-    kept = f"; the last good checkpoint is {run.last}" if state.epoch >= 1 else ""
+    kept = f"; the last good checkpoint is {run.folder.last}" if state.epoch >= 1 else ""
     return RunFailed(
         f"the training loss became {loss} in epoch {state.epoch + 1}; lower optimizer.lr "
         f"(now {run.cfg.optimizer.lr:g}) and train again{kept}."
     )
 
 
-def train(
-    cfg: DictConfig,
-    run_dir: Path,
-    overrides: Optional[List[str]] = None,
-    resume_state: Optional[Dict] = None,
-    original_overrides: Optional[List[str]] = None,
-    trial: Optional[StudyTrial] = None,
-) -> Optional[float]:
-    """Train as `cfg` says, writing the run folder `run_dir` (continuing from `resume_state`, a
-    checkpoint of that run, when given; from step 0 when `original_overrides` is given without
-    one); returns cfg.optimized_metric from summary.json (None if the run has no such number).
-    An Optuna `trial` reports that value after every epoch to its study, and stops (status `pruned`)
-    when the study says so."""
+def train(start: RunStart, folder: RunFolder, trial: Optional[StudyTrial] = None) -> Optional[float]:
+    """Train as `start.config` says, writing the run folder `folder` (a resumed run: continuing from
+    `start.checkpoint`, or from step 0 without one); returns cfg.optimized_metric from summary.json
+    (None if the run has no such number). An Optuna `trial` reports that value after every epoch to
+    its study, and stops (status `pruned`) when the study says so."""
+    cfg = start.config
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     device = resolve_device(cfg.device)
     world = distributed.join(device)
     try:
-        return _train(
-            cfg,
-            Path(run_dir),
-            list(overrides or []),
-            resume_state,
-            original_overrides,
-            device,
-            world,
-            started,
-            started_at,
-            trial,
-        )
+        return _train(start, folder, device, world, started, started_at, trial)
     except Exception as error:
         if not out_of_memory(error):
             raise
@@ -323,17 +303,15 @@ def memory_sentence(cfg: DictConfig, device: torch.device) -> str:
 
 
 def _train(
-    cfg,
-    run_dir: Path,
-    overrides: List[str],
-    resume_state,
-    original_overrides,
+    start: RunStart,
+    folder: RunFolder,
     device,
     world: World,
     started: float,
     started_at: str,
     trial: Optional[StudyTrial],
 ) -> Optional[float]:
+    cfg = start.config
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -344,12 +322,8 @@ def _train(
     if not main:
         console.silence()
 
-    resumed = resume_state is not None or original_overrides is not None
-    resumed_with = overrides if resumed else []
-    if resume_state is not None:
-        state = checkpoints.state_of(resume_state, run_dir, original_overrides or [])
-    else:
-        state = RunState(original_overrides if resumed else overrides)
+    resumed_with = start.resumed_with or []
+    state = checkpoints.state_of(start.checkpoint) if start.checkpoint is not None else RunState(start.overrides)
     data = load_train_data(cfg, device)
     model = build_model(cfg.model, num_classes=len(data.classes)).to(device)
     if cfg.channels_last:
@@ -378,7 +352,7 @@ def _train(
         optimizer,
         data,
         world,
-        run_dir,
+        folder,
         facts,
         OmegaConf.to_container(cfg, resolve=True),
         started,
@@ -387,10 +361,10 @@ def _train(
 
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        runs.atomic_write(run_dir / "model.txt", lambda f: f.write(console.render_text(table).encode()))
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder.model_table, lambda f: f.write(console.render_text(table).encode()))
         run.loggers = start_loggers(
-            cfg.logger, run_dir, run.config, state.history, state.epoch * steps_per_epoch + state.step
+            cfg.logger, folder.path, run.config, state.history, state.epoch * steps_per_epoch + state.step
         )
     console.show_table(table)
     console.say(
@@ -404,14 +378,14 @@ def _train(
         console.say(f"note: {note}")
 
     sums = None
-    if resume_state is not None:
-        sums = checkpoints.restore(resume_state, model, optimizer, device, carries_sums=main, ema=ema)
-    if resumed:
+    if start.checkpoint is not None:
+        sums = checkpoints.restore(start.checkpoint, model, optimizer, device, carries_sums=main, ema=ema)
+    if start.resumed:
         if main:  # metrics files as the checkpoint knows them: no torn line, no epoch twice
-            metrics.write_epochs(run_dir, state.history)
-        console.say(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+            metrics.write_epochs(folder.path, state.history)
+        console.say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
     if main:  # only now: a run that failed to start never becomes `latest`
-        note = runs.point_latest(Path(cfg.outputs_dir) / "train" / "latest", run_dir)
+        note = point_latest(latest_link(cfg.outputs_dir), folder.path)
         if note:
             console.say(f"note: {note}")
 
@@ -437,11 +411,11 @@ def _train(
             console.say(console.epoch_line(row, cfg.epochs))
             is_best = state.record(row, cfg.early_stopping.min_delta)
             if main:
-                metrics.write_epochs(run_dir, state.history)
+                metrics.write_epochs(folder.path, state.history)
             run.loggers.call("epoch_ended", row, state.epoch * steps_per_epoch)  # TensorBoard: before the checkpoint
             run.save(state)
             if main and is_best:
-                runs.copy_atomically(run.last, run_dir / "checkpoints" / "best.pt")
+                copy_atomically(folder.last, folder.best)
             run.loggers.call(
                 "epoch_saved", row, state.epoch * steps_per_epoch
             )  # MLflow: after it (loggers.py says why)
@@ -471,5 +445,5 @@ def _train(
         else "no validation split"
     )
     console.say(f"{best_text}; {summary['wall_seconds']:.1f}s in all; run folder:")
-    console.say(str(run_dir))
+    console.say(str(folder.path))
     return metrics.summary_value(summary, cfg.optimized_metric)

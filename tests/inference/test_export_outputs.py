@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_mnist
-from mnist_cli.runs import folder as runs
+from mnist_cli.runs.atomic import atomic_write
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_atomic_write_takes_any_valid_file_name(tmp_path):
     names = ["a" * 251 + ".pt2", "é" * 127]  # 255 and 254 bytes: the longest names a folder takes
     for name in names:
         temp_names = []
-        runs.atomic_write(tmp_path / name, lambda f: (temp_names.append(Path(f.name)), f.write(b"x")))  # noqa: B023 (called here)
+        atomic_write(tmp_path / name, lambda f: (temp_names.append(Path(f.name)), f.write(b"x")))  # noqa: B023 (called here)
         (temp,) = temp_names
         assert (
             temp.parent == tmp_path and temp.name.startswith(".") and temp.name.endswith(".tmp")

@@ -16,8 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_mnist
 from mnist_cli.config.schema import TrainConfig
-from mnist_cli.runs import folder as runs
-from mnist_cli.runs import leaderboard, metrics, report
+from mnist_cli.runs import atomic, leaderboard, metrics, report
 
 # the direction each metric should sort in, written here on purpose: not read from metrics.py
 LOWER_IS_BETTER = {
@@ -252,7 +251,7 @@ def test_a_full_disk_during_save_keeps_the_old_leaderboard_and_names_the_path(tm
     two_good_runs(tmp_path)
     old = b"rank,run\n1,somewhere\n"
     (tmp_path / "leaderboard.csv").write_bytes(old)
-    monkeypatch.setattr(runs.os, "fsync", full_disk)
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
     assert report.report_command([str(tmp_path), "save=true"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'leaderboard.csv'} (No space left on device)" in err
@@ -272,7 +271,7 @@ def test_the_sweep_end_leaderboard_ranks_by_any_optimized_metric_and_survives_da
     assert {r["run"]: r["status"] for r in board["rows"]}["broken"] == "damaged"
 
     before = (tmp_path / "leaderboard.csv").read_bytes()
-    monkeypatch.setattr(runs.os, "fsync", full_disk)
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
     leaderboard.LeaderboardCallback().on_multirun_end(config)  # says so; does not raise
     assert "leaderboard.csv (No space left on device)" in capsys.readouterr().err
     assert (tmp_path / "leaderboard.csv").read_bytes() == before

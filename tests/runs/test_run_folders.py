@@ -20,8 +20,10 @@ from hydra import compose, initialize_config_module
 from conftest import MNIST_COMMAND, run_mnist, start_mnist
 from mnist_cli.config.schema import register_configs
 from mnist_cli.errors import WriteFailed
-from mnist_cli.runs import checkpoints, metrics
-from mnist_cli.runs import folder as runs
+from mnist_cli.runs import atomic, checkpoints, metrics
+from mnist_cli.runs.atomic import write_json
+from mnist_cli.runs.folder import RunFolder
+from mnist_cli.runs.resume import RunStart
 from mnist_cli.training.optim import build_optimizer, load_optimizer_state, scheduler_at
 
 SMALL = ["model=mlp", "model.hidden=[32]", "data.val_size=100", "batch_size=50", "device=cpu", "threads=1"]
@@ -37,7 +39,7 @@ def epochs_of(run_dir: Path) -> list:
 
 def files_of(folder: Path) -> dict:
     return {
-        p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != runs.LOCK_FILE
+        p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p != RunFolder(folder).lock
     }
 
 
@@ -63,7 +65,7 @@ def finished(workdir, cli_env) -> Path:
 
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(runs.LOCK_FILE))
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(RunFolder(run_dir).lock.name))
     return copy
 
 
@@ -218,7 +220,7 @@ def full_disk(*_args, **_kwargs):
 
 WRITERS = {
     "checkpoint": ("checkpoints/last.pt", lambda run: checkpoints.save(run / "checkpoints" / "last.pt", {"new": 1})),
-    "summary": ("summary.json", lambda run: runs.write_json(run / "summary.json", {"new": 1})),
+    "summary": ("summary.json", lambda run: write_json(run / "summary.json", {"new": 1})),
     "metrics": ("metrics.jsonl", lambda run: metrics.write_epochs(run, [{"epoch": 9}])),
 }
 
@@ -261,7 +263,7 @@ def test_a_disk_that_fills_inside_torch_save_is_the_same_one_sentence(finished, 
     # torch's zip writer turns the OSError into "RuntimeError: unexpected pos" while closing
     run_dir = copy_run(finished, tmp_path)
     before = files_of(run_dir)
-    monkeypatch.setattr(runs, "open", lambda path, mode: FillsUp(open(path, mode), room=4096), raising=False)
+    monkeypatch.setattr(atomic, "open", lambda path, mode: FillsUp(open(path, mode), room=4096), raising=False)
     with pytest.raises(WriteFailed) as failed:
         checkpoints.save(run_dir / "checkpoints" / "last.pt", {"weights": torch.zeros(10_000)})
     assert str(run_dir / "checkpoints" / "last.pt") in str(failed.value) and "No space left on device" in str(
@@ -293,7 +295,7 @@ def test_a_full_disk_during_training_stops_with_one_sentence_and_the_run_resumes
 
     monkeypatch.setattr(torch, "save", save_then_fill_up)
     with pytest.raises(WriteFailed) as failed:
-        train.train(cfg, run_dir, overrides=[])
+        train.train(RunStart(cfg, []), RunFolder(run_dir))
     assert str(run_dir / "checkpoints" / "last.pt") in str(failed.value)
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     monkeypatch.undo()
@@ -414,7 +416,7 @@ def test_a_run_that_does_not_learn_says_so(tmp_path, cli_env):
 
 
 def test_summary_json_is_strict_json_when_a_loss_is_infinite(tmp_path):
-    runs.write_json(tmp_path / "summary.json", {"final": {"val_loss": float("inf"), "train_loss": float("nan")}})
+    write_json(tmp_path / "summary.json", {"final": {"val_loss": float("inf"), "train_loss": float("nan")}})
     assert strict_json(tmp_path / "summary.json") == {"final": {"val_loss": None, "train_loss": None}}
 
 
@@ -520,7 +522,7 @@ def test_a_planted_lock_link_is_not_followed(finished, tmp_path, cli_env):
     run_dir = copy_run(finished, tmp_path)
     precious = tmp_path / "precious.txt"
     precious.write_text("do not truncate me")
-    (run_dir / runs.LOCK_FILE).symlink_to(precious)
+    RunFolder(run_dir).lock.symlink_to(precious)
     result = run_mnist("train", f"resume={run_dir}", "epochs=3", cwd=tmp_path, env=cli_env)
     assert result.returncode == 2 and "cannot lock" in result.stderr and "Traceback" not in result.stderr
     assert precious.read_text() == "do not truncate me"
