@@ -330,41 +330,41 @@ def start_loggers(settings, run_dir: Path, config: Dict[str, Any], history: List
 def log_evaluation(run_dir: Path, settings, report: Dict[str, Any], pictures: Dict[str, Path]) -> None:
     """Add `mnist eval`'s numbers and pictures to the run's loggers (TensorBoard images, MLflow
     metrics and artifacts); a logger that fails is one warning, the evaluation stands."""
-    split = report["split"]
-    numbers = {
-        f"{split}_accuracy": report["accuracy"],
-        f"{split}_loss": report["loss"],
-        f"{split}_macro_f1": report["macro_f1"],
-    }
     if settings is None:
         return
+    split, epoch = report["split"], report["epoch"]
+    numbers = {f"{split}_{key}": report[key] for key in ("accuracy", "loss", "macro_f1")}
     if settings.get("tensorboard") is not None:
         try:
-            _tensorboard_evaluation(run_dir, split, numbers, pictures, report["epoch"])
+            _tensorboard_evaluation(run_dir, split, numbers, pictures, epoch)
         except Exception as error:
-            print(
-                f"warning: the tensorboard logger failed ({_first_line(error)}); the evaluation is saved all the same.",
-                file=sys.stderr,
-            )
+            _evaluation_not_logged("tensorboard", error)
     mlflow = known_mlflow_run(run_dir) if settings.get("mlflow") is not None else None
     if mlflow:
         try:
-            from mlflow.entities import Metric
-
-            client = _mlflow_client(mlflow["tracking_uri"])
-            now = int(time.time() * 1000)
-            client.log_batch(
-                mlflow["run_id"],
-                metrics=[Metric(f"eval/{k}", float(v), now, report["epoch"]) for k, v in numbers.items()],
-            )
-            eval_dir = RunFolder(run_dir).eval
-            for path in [*pictures.values(), eval_dir / f"{split}.json"]:
-                client.log_artifact(mlflow["run_id"], str(path), eval_dir.name)
+            _mlflow_evaluation(mlflow, run_dir, split, numbers, pictures, epoch)
         except Exception as error:
-            print(
-                f"warning: the mlflow logger failed ({_first_line(error)}); the evaluation is saved all the same.",
-                file=sys.stderr,
-            )
+            _evaluation_not_logged("mlflow", error)
+
+
+def _evaluation_not_logged(name: str, error: BaseException) -> None:
+    print(
+        f"warning: the {name} logger failed ({_first_line(error)}); the evaluation is saved all the same.",
+        file=sys.stderr,
+    )
+
+
+def _mlflow_evaluation(
+    mlflow: Dict[str, str], run_dir: Path, split: str, numbers: Dict[str, float], pictures: Dict[str, Path], epoch: int
+) -> None:
+    from mlflow.entities import Metric
+
+    client = _mlflow_client(mlflow["tracking_uri"])
+    now = int(time.time() * 1000)
+    client.log_batch(mlflow["run_id"], metrics=[Metric(f"eval/{k}", float(v), now, epoch) for k, v in numbers.items()])
+    eval_dir = RunFolder(run_dir).eval
+    for path in [*pictures.values(), eval_dir / f"{split}.json"]:
+        client.log_artifact(mlflow["run_id"], str(path), eval_dir.name)
 
 
 def _tensorboard_evaluation(
