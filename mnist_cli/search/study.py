@@ -1,5 +1,6 @@
-"""An Optuna study kept in storage, as sweeps and their trials share it: where it lives, which trials
-count towards n_trials, the trials a stopped worker left behind, and one worker at a time asking.
+"""An Optuna study kept in storage, as sweeps and their trials share it: where it lives, how a sweep
+opens it (the same command continues it, another is refused), which trials count towards n_trials,
+the trials a stopped worker left behind, and one worker at a time asking.
 
 Several `mnist train hparams_search=optuna` processes (shells, a SLURM array) may work on one study.
 A worker counts and asks under an exclusive lock on a file next to a file storage (SQLite, journal),
