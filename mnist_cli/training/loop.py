@@ -302,28 +302,11 @@ def memory_sentence(cfg: DictConfig, device: torch.device) -> str:
     )
 
 
-def _train(
-    start: RunStart,
-    folder: RunFolder,
-    device,
-    world: World,
-    started: float,
-    started_at: str,
-    trial: Optional[StudyTrial],
-) -> Optional[float]:
-    cfg = start.config
-    if world.size > 1 and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed + world.rank)  # dropout differs per process, as it would per batch
-    main = world.is_main
-    if not main:
-        console.silence()
-
-    resumed_with = start.resumed_with or []
-    state = checkpoints.state_of(start.checkpoint) if start.checkpoint is not None else RunState(start.overrides)
+def build_run(
+    cfg: DictConfig, state: RunState, folder: RunFolder, device, world: World, started: float, started_at: str
+) -> Tuple[Run, Any]:
+    """The data, model, optimizer and moving average a run trains with, as one Run, and its lr scheduler
+    set to the step `state` has reached."""
     data = load_train_data(cfg, device)
     model = build_model(cfg.model, num_classes=len(data.classes)).to(device)
     if cfg.channels_last:
@@ -358,6 +341,34 @@ def _train(
         started,
         ema=ema,
     )
+    return run, scheduler
+
+
+def _train(
+    start: RunStart,
+    folder: RunFolder,
+    device,
+    world: World,
+    started: float,
+    started_at: str,
+    trial: Optional[StudyTrial],
+) -> Optional[float]:
+    cfg = start.config
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + world.rank)  # dropout differs per process, as it would per batch
+    main = world.is_main
+    if not main:
+        console.silence()
+
+    resumed_with = start.resumed_with or []
+    state = checkpoints.state_of(start.checkpoint) if start.checkpoint is not None else RunState(start.overrides)
+    run, scheduler = build_run(cfg, state, folder, device, world, started, started_at)
+    data, model, optimizer, ema, params = run.data, run.model, run.optimizer, run.ema, run.facts["parameters"]
+    steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
 
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:
