@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,24 @@ LONGEST_FILES = ("test_readme.py", "test_optuna.py", "test_run_folders.py", "tes
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+def bar_png(path: Path, side: int) -> Path:
+    """A side x side 1-bit PNG: black, a white upright bar in the middle. Written row by row: a 20000x20000 one
+    is 75 KB on disk and costs kilobytes to write (Pillow holds mode "1" at a byte a pixel: 400 MB)."""
+    blank = bytearray((side + 7) // 8 + 1)  # filter byte 0, then the row's bits
+    ink = bytearray(blank)
+    ink[1 + int(side * 0.45) // 8 : 1 + int(side * 0.55) // 8] = b"\xff" * (
+        int(side * 0.55) // 8 - int(side * 0.45) // 8
+    )
+    packer = zlib.compressobj()
+    data = (
+        b"".join(packer.compress(ink if 0.2 * side <= y < 0.8 * side else blank) for y in range(side)) + packer.flush()
+    )
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

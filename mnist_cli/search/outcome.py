@@ -11,6 +11,7 @@ from typing import Optional
 from optuna.trial import TrialState
 
 from mnist_cli.runs import leaderboard
+from mnist_cli.runs.run_records import run_record
 from mnist_cli.search import optuna_internals as internals
 from mnist_cli.search.study import RUN, WORKER, abandoned, stop_trial
 
@@ -22,7 +23,7 @@ def _outcome(run_dir: Path, metric: str):
     """(status of the job's run folder, its value of `metric` or None)."""
     if not run_dir.is_dir():
         return "unfinished", None
-    record = leaderboard.run_record(run_dir)
+    record = run_record(run_dir)
     return record["status"], record[leaderboard.sort_metric(metric).column]
 
 

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from mnist_cli.runs import leaderboard
 from mnist_cli.runs.atomic import atomic_write
+from mnist_cli.runs.run_records import run_record
 from mnist_cli.search.study import RUN, shown
 
 say = logging.getLogger(__name__).info  # the sweep's own lines, as Hydra's launchers write theirs
@@ -25,7 +26,7 @@ def best_trial(study, metric: str):
         run = trial.user_attrs.get(RUN)
         if run and Path(run).is_dir():
             complete[Path(run).resolve()] = trial  # resolved on both sides: a path through a link is one run
-    records = [leaderboard.run_record(run) for run in sorted(complete)]
+    records = [run_record(run) for run in sorted(complete)]
     ranked = leaderboard.rank(records, metric)
     return complete[Path(ranked[0]["run"]).resolve()] if ranked else None
 

@@ -5,7 +5,8 @@ worker takes up to `max_batch` images or what came within `batch_window_ms`, run
 thread (the event loop keeps answering meanwhile) and hands each request its own rows. Image bytes
 stay in memory and go through images.prepare_file, the path `mnist predict` takes for files: the
 same preprocessing and the same pixel limit. A client's file name is only echoed back; nothing a
-request sends reaches the file system. Starlette and uvicorn are imported here only.
+request sends reaches the file system. Starlette and uvicorn are imported only in serving/ (the extra
+mnist-cli[serve]); hosts.py answers the Host header, requests.py reads bodies and queries.
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import anyio
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -45,60 +43,20 @@ from mnist_cli.inference.images import ImageError, prepare_file
 from mnist_cli.inference.predictions import probabilities, to_rows
 from mnist_cli.runs.checkpoints import Trained, load_trained
 from mnist_cli.runs.folder import RunFolder
+from mnist_cli.serving.hosts import Hosts, answered_hosts, host_guard
+from mnist_cli.serving.requests import (
+    multipart_files,
+    predict_options,
+    read_body,
+)
 from mnist_cli.training.devices import resolve_device
 
 READER = "mnist serve"  # names the command in the pixel-limit sentence
-MAX_FILES = 100  # files in one multipart request; the body limit alone would allow tens of thousands of tiny ones
-MAX_PARTS = 2 * MAX_FILES  # parts of any kind: parsing stops there (a body of empty parts costs a second or more)
-DRAIN = 64_000_000  # bytes of a refused body read and dropped at most, so that the client reads the 413 ...
-DRAIN_SECONDS = 10  # ... for at most this long (nginx's lingering close does the same)
-LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")  # Host names always answered: this machine's own
-YES, NO = ("1", "true", "yes"), ("0", "false", "no")  # ?return_image=
 PAGE_HEADERS = {  # the page may load nothing from elsewhere: it works offline and cannot be pointed at a CDN
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-@dataclass(frozen=True)
-class Hosts:
-    """The Host header names the server answers to. A guard against DNS rebinding: a web page can point a name
-    of its own at 127.0.0.1 and reach a loopback server from the user's browser, but its requests carry that name."""
-
-    names: FrozenSet[str]  # as host_name writes them; "*": any
-    any_address: (
-        bool  # bound to every interface: the machine's addresses are not known, and an address cannot be rebound
-    )
-
-    def answers(self, name: str) -> bool:
-        """Whether a request whose Host header names `name` (as host_name writes it) is answered."""
-        return "*" in self.names or name in self.names or (self.any_address and is_address(name))
-
-
-def host_name(host: str) -> str:
-    """The name or address in a Host header or a host name given in the config: lower case, without its port,
-    IPv6 brackets or final dot."""
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        host = host[1:].partition("]")[0]
-    elif host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
-        host = host.partition(":")[0]
-    return host.rstrip(".")
-
-
-def is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def answered_hosts(cfg: DictConfig, bound: str) -> Hosts:
-    """The Hosts of a server bound to address `bound` for host=cfg.host: localhost, host= and its address, and allowed_hosts."""
-    names = frozenset(host_name(name) for name in (*LOCAL_NAMES, cfg.host, bound, *cfg.allowed_hosts))
-    return Hosts(names, is_address(bound) and ipaddress.ip_address(bound).is_unspecified)
 
 
 @dataclass
@@ -193,119 +151,6 @@ def start_batching(service: Service) -> None:
 # ---- reading a request ---------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, in memory; 413 as soon as more than `limit` bytes have arrived (or at once when
-    Content-Length says more than `limit` + DRAIN, or more than `limit` to a client waiting for 100 Continue)."""
-    refused = HTTPException(
-        413, f"the request body is over {limit / 1e6:g} MB; send a smaller image (the server's max_body_mb)."
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        if int(declared) > limit + DRAIN or request.headers.get("expect", "").lower() == "100-continue":
-            raise refused  # too much to drop, or a client that sends no body until asked to
-        # else: read as far as the limit, then drop the rest (drop_rest says why)
-    chunks, size, more = [], 0, True
-    while more and size <= limit:
-        chunk, more = await next_chunk(request)
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
-        await drop_rest(request, more)
-        raise refused
-    return b"".join(chunks)
-
-
-async def next_chunk(request: Request) -> Tuple[bytes, bool]:
-    """The next piece of the request body and whether more follows; ClientDisconnect if the client went away."""
-    message = await request.receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnect()
-    return message.get("body", b""), message.get("more_body", False)
-
-
-async def drop_rest(request: Request, more: bool) -> None:
-    """Read and drop the rest of a refused body, up to DRAIN bytes in DRAIN_SECONDS. A socket closed with bytes
-    unread sends a reset, and a client that reads only once its whole body is sent (Python's urllib; it also
-    asks for Connection: close) would see `Connection reset by peer` instead of the 413."""
-    dropped = 0
-    with anyio.move_on_after(DRAIN_SECONDS):
-        while more and dropped <= DRAIN:
-            chunk, more = await next_chunk(request)
-            dropped += len(chunk)
-
-
-@dataclass
-class Part:
-    """One part of a multipart body as it is parsed: its headers and its bytes."""
-
-    headers: Dict[bytes, bytes] = field(default_factory=dict)
-    name: bytearray = field(default_factory=bytearray)  # the header being read
-    value: bytearray = field(default_factory=bytearray)
-    data: bytearray = field(default_factory=bytearray)
-
-    def end_header(self) -> None:
-        self.headers[bytes(self.name).strip().lower()] = bytes(self.value).strip()
-        self.name, self.value = bytearray(), bytearray()
-
-
-def too_many() -> None:
-    raise HTTPException(413, f"more than {MAX_PARTS} parts in one request; send at most {MAX_FILES} files at a time.")
-
-
-def multipart_files(body: bytes, content_type: str) -> List[Tuple[str, bytes]]:
-    """(file name, bytes) of each file part of a multipart/form-data body, in order; form fields without
-    a file name are left out. Parsed in memory (no temporary files); raises HTTPException 422 or 413."""
-    boundary = parse_options_header(content_type)[1].get(b"boundary")
-    if not boundary:
-        raise HTTPException(
-            422, "multipart/form-data without a boundary; let the client build the request (curl -F file=@digit.png)."
-        )
-    parts: List[Part] = []
-    callbacks = {
-        "on_part_begin": lambda: parts.append(Part()) if len(parts) <= MAX_PARTS else too_many(),
-        "on_header_field": lambda data, start, end: parts[-1].name.extend(data[start:end]),
-        "on_header_value": lambda data, start, end: parts[-1].value.extend(data[start:end]),
-        "on_header_end": lambda: parts[-1].end_header(),
-        "on_part_data": lambda data, start, end: parts[-1].data.extend(data[start:end]),
-    }
-    try:
-        parser = MultipartParser(boundary, callbacks)
-        parser.write(body)
-        parser.finalize()
-    except (MultipartParseError, ValueError) as error:
-        raise HTTPException(422, f"the multipart body cannot be read ({str(error).rstrip('.')}).") from None
-    if parser.state != MultipartState.END:  # the parser accepts a body cut short: its last file would be too
-        raise HTTPException(422, "the multipart body is cut short (no closing boundary); send it whole.")
-    files = []
-    for part in parts:
-        options = parse_options_header(part.headers.get(b"content-disposition", b""))[1]
-        if b"filename" in options:  # a name only: it is echoed back, never opened
-            files.append((options[b"filename"].decode("utf-8", "replace"), bytes(part.data)))
-    if len(files) > MAX_FILES:
-        raise HTTPException(413, f"{len(files)} files in one request; send at most {MAX_FILES} at a time.")
-    return files
-
-
-def predict_options(request: Request, service: Service) -> Tuple[int, bool]:
-    """(topk, return_image) from POST /predict's query, by default (the server's topk, False); HTTPException 422
-    for an unknown key, a key given twice or a bad value."""
-    query, classes = request.query_params, len(service.trained.classes)
-    for key in query:
-        if key not in ("topk", "return_image"):
-            raise HTTPException(
-                422, f"{key!r} is not a /predict option; use topk=1..{classes} or return_image=true|false."
-            )
-        if len(query.getlist(key)) > 1:
-            raise HTTPException(422, f"{key} is given {len(query.getlist(key))} times; give it once.")
-    topk = query.get("topk", "")
-    if topk and not (topk.isascii() and topk.isdigit() and 1 <= int(topk) <= classes):
-        raise HTTPException(422, f"topk must be a whole number from 1 to {classes} (got {topk!r}).")
-    image = query.get("return_image", "false")
-    if image.lower() not in YES + NO:
-        raise HTTPException(422, f"return_image must be true or false (got {image!r}).")
-    return int(topk) if topk else service.topk, image.lower() in YES
-
-
 def prepare_entries(files: List[Tuple[str, bytes]], dataset: str) -> List[Dict]:
     """`mnist predict`'s entries for uploaded files, in order: {"input", "image"} or {"input", "error"}."""
     entries: List[Dict] = []
@@ -336,9 +181,8 @@ async def predict(request: Request) -> JSONResponse:
         body = await read_body(request, service.max_body)
     except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to report
         return Response(status_code=400)
-    topk, return_image = predict_options(
-        request, service
-    )  # after the body: a refusal with a body unread resets the connection
+    # after the body: a refusal with a body unread resets the connection
+    topk, return_image = predict_options(request, len(service.trained.classes), service.topk)
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):  # parsed off the event loop: a body can be 5 MB of parts
         files = await anyio.to_thread.run_sync(multipart_files, body, content_type, limiter=service.decoders)
@@ -386,23 +230,6 @@ async def page(request: Request) -> HTMLResponse:
 async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     """Every refusal as JSON {"error": sentence} with its status (413, 422, 404, 405)."""
     return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
-
-
-def host_guard(app: Any, hosts: Hosts) -> Any:
-    """`app` answering only requests whose Host header names one of `hosts`; the others get 421 and one sentence."""
-
-    async def guarded(scope, receive, send) -> None:
-        name = host_name(Headers(scope=scope).get("host", "")) if scope["type"] == "http" else ""
-        if scope["type"] != "http" or hosts.answers(name):
-            await app(scope, receive, send)
-            return
-        error = (
-            f"this server does not answer to the host name in the request's Host header ({name!r}); use localhost "
-            f"or the server's address, or start it with allowed_hosts=[{name}]."
-        )
-        await JSONResponse({"error": error}, status_code=421)(scope, receive, send)
-
-    return guarded
 
 
 def build_app(service: Service) -> Starlette:

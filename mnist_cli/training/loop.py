@@ -9,7 +9,6 @@ on is one `RunState`, passed explicitly.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import signal
 import time
@@ -47,6 +46,7 @@ from mnist_cli.training.ema import WeightAverage
 from mnist_cli.training.interrupt import Interrupted, StopRequest
 from mnist_cli.training.loggers import Loggers, start_loggers
 from mnist_cli.training.models import build_model, count_parameters, for_inference, layer_summary
+from mnist_cli.training.notes import did_not_learn, memory_sentence, start_notes
 from mnist_cli.training.optim import build_optimizer, scheduler_at
 
 
@@ -203,43 +203,6 @@ def validation(run: Run) -> Dict[str, Any]:
     }
 
 
-def chance_level(data: TrainData) -> Tuple[float, int]:
-    """(accuracy of always guessing the most frequent class, images it is measured on), on the
-    validation split, else the training split."""
-    labels = (data.val if len(data.val) else data.train).labels
-    return torch.bincount(labels).max().item() / len(labels), len(labels)
-
-
-def start_notes(cfg: DictConfig, data: TrainData) -> List[str]:
-    """Sentences about settings that are taken but are likely not what was meant."""
-    notes = []
-    cores = os.cpu_count() or 1
-    if cfg.threads is not None and cfg.threads > cores:
-        notes.append(
-            f"threads={cfg.threads} is more than this machine's {cores} cores; the threads take turns, "
-            "which is usually slower than threads=null."
-        )
-    if not len(data.val) and cfg.data.val_size is None:
-        notes.append(
-            f"no validation split: data.val_size=null holds out 1/12 of the training images, none of "
-            f"{len(data.train)}; set data.val_size, or raise data.limit."
-        )
-    return notes
-
-
-def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
-    """A sentence when the best accuracy is within 3 standard errors of chance level, else None."""
-    chance, n = chance_level(data)
-    key = "val_accuracy" if len(data.val) else "train_accuracy"
-    accuracy = max((row[key] for row in state.history), default=None)
-    if accuracy is None or accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n):
-        return None
-    return (
-        f"the run did not learn: its best {key.replace('_accuracy', '')} accuracy {accuracy:.2%} is no better than chance "
-        f"({chance:.2%}, always guessing the most frequent class); try another optimizer.lr."
-    )
-
-
 def pruned(run: Run, state: RunState, trial: StudyTrial) -> bool:
     """Report the value the run would end with now to its study; whether the study stops it here
     (never after the last epoch). Under torchrun rank 0 asks and every process follows."""
@@ -288,18 +251,6 @@ def train(start: RunStart, folder: RunFolder, trial: Optional[StudyTrial] = None
         raise UserError(memory_sentence(cfg, device)) from None
     finally:
         distributed.leave(world)
-
-
-def memory_sentence(cfg: DictConfig, device: torch.device) -> str:
-    """Why a run that ran out of memory did, with the sizes asked for (the model counted on the meta device,
-    which allocates nothing)."""
-    with torch.device("meta"):
-        params = count_parameters(build_model(cfg.model, num_classes=len(cfg.dataset.classes)))
-    return (
-        f"{device} ran out of memory: model={cfg.model.name} with these sizes has {params:,} parameters "
-        f"({params * 4 / 2**30:,.1f} GiB as float32, more for the optimizer's state) at batch_size={cfg.batch_size}; "
-        "choose smaller model.* sizes or a smaller batch_size."
-    )
 
 
 def build_run(

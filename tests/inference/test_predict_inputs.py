@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_mnist
+from conftest import bar_png, run_mnist
 
 REFUSED = "pixels; mnist predict reads at most 200 megapixels"
 
@@ -27,27 +26,6 @@ def trained_run(workdir, cli_env) -> Path:
     result = run_mnist("train", "model=mlp", "epochs=1", "data.val_size=100", "device=cpu", cwd=workdir, env=cli_env)
     assert result.returncode == 0, result.stderr
     return workdir / result.stdout.strip().splitlines()[-1]
-
-
-def bar_png(path: Path, side: int) -> Path:
-    """A side x side 1-bit PNG: black, a white upright bar in the middle. Written row by row: a 20000x20000 one
-    is 75 KB on disk and costs kilobytes to write (Pillow holds mode "1" at a byte a pixel: 400 MB)."""
-    blank = bytearray((side + 7) // 8 + 1)  # filter byte 0, then the row's bits
-    ink = bytearray(blank)
-    ink[1 + int(side * 0.45) // 8 : 1 + int(side * 0.55) // 8] = b"\xff" * (
-        int(side * 0.55) // 8 - int(side * 0.45) // 8
-    )
-    packer = zlib.compressobj()
-    data = (
-        b"".join(packer.compress(ink if 0.2 * side <= y < 0.8 * side else blank) for y in range(side)) + packer.flush()
-    )
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-    return path
 
 
 def predict_rows(workdir: Path, cli_env: dict, *args: str):

@@ -26,9 +26,8 @@ from typing import Iterator, List
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from test_predict_inputs import bar_png
 
-from conftest import run_mnist, start_mnist
+from conftest import bar_png, run_mnist, start_mnist
 
 pytest.importorskip("starlette", reason="mnist serve needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="starlette's test client needs httpx: pip install -e '.[dev]'")
