@@ -60,14 +60,20 @@ class _Guarded:
 
 
 def guard() -> None:
-    """Make sys.stdout record a failed write instead of raising it, and both streams spell in ASCII what
-    their encoding cannot take. Safe to call twice."""
+    """Make sys.stdout and sys.stderr record a failed write instead of raising it, and both spell in ASCII
+    what their encoding cannot take. Safe to call twice."""
     for stream in (sys.stdout, sys.stderr):
         encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "")
         if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="mnist_ascii")
-    if sys.stdout is not None and not isinstance(sys.stdout, _Guarded):
-        sys.stdout = _Guarded(sys.stdout)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): what it shows is lost, as on a full disk
+        sys.stdout = _Guarded(open(os.devnull, "w"))
+        sys.stdout.lost = "standard output is closed"
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    for name in ("stdout", "stderr"):  # stderr's failures are dropped too: a sentence nobody reads changes no code
+        if not isinstance(getattr(sys, name), _Guarded):
+            setattr(sys, name, _Guarded(getattr(sys, name)))
 
 
 def lost_output():

@@ -68,8 +68,10 @@ class CommandLine:
 
     @property
     def hydra_argv(self) -> List[str]:
-        """sys.argv as @hydra.main reads it: the app's name, then the words and our own overrides."""
-        return [f"mnist {self.command}", *self.args, *self.added]
+        """sys.argv as @hydra.main reads it: the app's name, then the words with our own overrides right after
+        the user's last one (argparse takes the overrides as one run of words: after a trailing -m it refuses them)."""
+        at = max((i + 1 for i, word in enumerate(self.args) if word in self.words), default=len(self.args))
+        return [f"mnist {self.command}", *self.args[:at], *self.added, *self.args[at:]]
 
     def adding(self, *overrides: str) -> CommandLine:
         """Returns this command line with overrides of our own after the user's (Hydra takes the last)."""
@@ -101,16 +103,22 @@ _STRUCTURE = re.compile(r"""([\[\]{}(),='"])""")
 def non_ascii_quoted(args: Sequence[str]) -> List[str]:
     """The arguments with each plain-text part of a value that holds a non-ASCII letter put in quotes:
     Hydra's grammar takes only ASCII letters unquoted, and `inputs=[scans/zïffer.png]` means no more than
-    `inputs=['scans/zïffer.png']`. A word with quotes of its own, or all ASCII, stays as written."""
+    `inputs=['scans/zïffer.png']`. A word with quotes, escapes or `${` of its own, all ASCII, or one that
+    Hydra still cannot read once quoted, stays as written (Hydra's refusal then names what the user typed)."""
     quoted = []
     for word in args:
         key, equals, value = word.partition("=")
-        if word.startswith("-") or not equals or value.isascii() or "'" in value or '"' in value or "${" in value:
+        if word.startswith("-") or not equals or value.isascii() or any(c in value for c in "'\"\\") or "${" in value:
             quoted.append(word)
             continue
         parts = _STRUCTURE.split(value)
         plain = (f"'{p.strip()}'" if not p.isascii() and not _STRUCTURE.fullmatch(p) else p for p in parts)
-        quoted.append(key + equals + "".join(plain))
+        candidate = key + equals + "".join(plain)
+        try:
+            OverridesParser.create().parse_overrides([candidate])
+        except Exception:
+            candidate = word
+        quoted.append(candidate)
     return quoted
 
 
@@ -129,9 +137,8 @@ def refuse_before_hydra(line: CommandLine) -> None:
                     f"{o.key_or_group}=interval(...) needs a search sweeper: add hparams_search=optuna, "
                     "or list the values to try (-m key=a,b,c)."
                 )
-    if (
-        line.multirun
-    ):  # -m experiment=mnist_best model=mlp,cnn: each swept option with the rest, before the sweep's folder
+    # -m experiment=mnist_best model=mlp,cnn: each swept option with the rest, before the sweep's folder
+    if line.multirun:
         from mnist_cli.config.hydra_refusals import composition_problem
 
         for choice in _group_choices(overrides):

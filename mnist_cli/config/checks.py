@@ -24,6 +24,7 @@ from mnist_cli.config.schema import (
 from mnist_cli.errors import UserError
 from mnist_cli.runs.metrics import SUMMARY_METRICS
 
+MAX_THREADS = 1024  # torch's OpenMP runtime crashes (segfault) creating tens of thousands of threads
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _DEVICES = "one of auto, cpu, cuda, cuda:N, mps"
 
@@ -122,7 +123,7 @@ def _validate_serve(cfg: DictConfig, need: Need) -> None:
     need(0 <= cfg.port <= 65535, "port", "in 0..65535 (0: a free port)")
     need(cfg.topk >= 1, "topk", "at least 1")
     need(bool(_DEVICE.match(cfg.device)), "device", _DEVICES)
-    need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
+    need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS, "threads", f"null or from 1 to {MAX_THREADS}")
     need(cfg.max_body_mb > 0, "max_body_mb", "greater than 0")
     need(cfg.max_batch >= 1, "max_batch", "at least 1")
     need(0 <= cfg.batch_window_ms <= 1000, "batch_window_ms", "in 0..1000")
@@ -180,7 +181,7 @@ def _validate_training(cfg: DictConfig, need: Need) -> None:
         "null when data.val_size=0 (early stopping watches the validation accuracy)",
     )
     need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta", "0 or more")
-    need(cfg.threads is None or cfg.threads >= 1, "threads", "null or at least 1")
+    need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS, "threads", f"null or from 1 to {MAX_THREADS}")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)")
     need(cfg.ema_decay is None or 0 < cfg.ema_decay < 1, "ema_decay", "null or in (0, 1), e.g. 0.999")

@@ -13,11 +13,14 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from mnist_cli.errors import WriteFailed
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _os_error(error: Optional[BaseException]) -> Optional[OSError]:
@@ -106,9 +109,11 @@ def readable(text: str) -> str:
     """`text` with the bytes of a non-UTF-8 file name (Python's surrogate escapes) written as `\\xe9`:
     printable and encodable, and two such names stay apart."""
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: \udxxx
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # control characters too: a name holding ESC or a newline must not drive the terminal or split a row
+    return CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", text)
 
 
 def write_csv(path: Path, rows: Iterable[Dict], columns: Sequence[str]) -> None:

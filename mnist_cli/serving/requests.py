@@ -132,7 +132,7 @@ def predict_options(request: Request, classes: int, topk_default: int) -> Tuple[
         if len(query.getlist(key)) > 1:
             raise HTTPException(422, f"{key} is given {len(query.getlist(key))} times; give it once.")
     topk = query.get("topk", "")
-    if topk and not (topk.isascii() and topk.isdigit() and 1 <= int(topk) <= classes):
+    if topk and not (topk.isascii() and topk.isdigit() and len(topk) <= 6 and 1 <= int(topk) <= classes):
         raise HTTPException(422, f"topk must be a whole number from 1 to {classes} (got {topk!r}).")
     image = query.get("return_image", "false")
     if image.lower() not in YES + NO:

@@ -29,6 +29,7 @@ IDX_FILES = (
 )
 IMAGE_SIZE = 28
 REPLACE = "replace it with a good copy."
+MAX_BYTES = 16 + 1_000_000 * IMAGE_SIZE * IMAGE_SIZE  # a million images: more than any MNIST-family file
 
 
 @dataclass
@@ -63,6 +64,17 @@ def _missing_message(root: Path, folder: str) -> str:
     )
 
 
+def _refuse_partial(raw: Path) -> None:
+    """Raises UserError when `raw` holds some IDX files but not all: torchvision's download replaces every .gz
+    whose checksum is not the official one, so the user's own files would be lost without a word."""
+    missing = [n for n in IDX_FILES if not (raw / n).is_file() and not (raw / f"{n}.gz").is_file()]
+    if len(missing) < len(IDX_FILES):
+        raise UserError(
+            f"{raw} holds some of the IDX files but not {', '.join(missing)}; put the missing ones there "
+            "(downloading would replace the files you have), or empty the folder to download all four."
+        )
+
+
 def _download(root: Path, folder: str) -> None:
     """Fetch the missing files with torchvision, which makes <root>/<folder>/raw/ and unpacks the .gz
     files there. A failed download removes the folders it made: nothing is left behind."""
@@ -80,8 +92,15 @@ def _download(root: Path, folder: str) -> None:
 def _file_bytes(path: Path) -> bytes:
     """The bytes of an IDX file, unpacked when its name ends in .gz."""
     try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if path.suffix == ".gz" else data
+        if path.suffix != ".gz":
+            return path.read_bytes()
+        with gzip.open(path, "rb") as packed:  # read in a bounded amount: a small .gz may unpack to gigabytes
+            data = packed.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise UserError(
+                f"{path} unpacks to more than {MAX_BYTES:,} bytes, more than any IDX file it could hold; {REPLACE}"
+            )
+        return data
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise UserError(f"{path} is not a readable gzip file ({error}); {REPLACE}") from None
     except OSError as error:
@@ -138,6 +157,7 @@ def load_dataset(root: str, folder: str, train: bool, download: bool, classes: i
     if not _has_files(root_path, folder):
         if not download:
             raise UserError(_missing_message(root_path, folder))
+        _refuse_partial(root_path / folder / "raw")
         _download(root_path, folder)
     raw = root_path / folder / "raw"
     prefix = "train" if train else "t10k"

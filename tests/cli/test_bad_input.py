@@ -24,6 +24,7 @@ CONFIG_MISTAKES = {
     "negative lr": ("train", ["optimizer.lr=-1"], "optimizer.lr must be greater than 0"),
     "infinite lr": ("train", ["optimizer.lr=inf"], "optimizer.lr must be a finite number"),
     "zero epochs": ("train", ["epochs=0"], "epochs must be at least 1"),
+    "threads beyond what OpenMP can start": ("train", ["threads=40000"], "threads must be null or from 1 to 1024"),
     "zero batch size": ("train", ["batch_size=0"], "batch_size must be at least 1"),
     "negative val_size": ("train", ["data.val_size=-1"], "data.val_size must be null"),
     "dropout out of range": ("train", ["model=mlp", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),

@@ -98,3 +98,27 @@ def test_a_value_hydra_cannot_read_says_how_to_quote_it(inputs, workdir, cli_env
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "quote" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_is_lost_output_and_a_full_stderr_keeps_the_exit_code(trained_run, workdir, cli_env):
+    closed = subprocess.run(["bash", "-c", f"'{MNIST_COMMAND}' eval run='{trained_run}' >&-"], cwd=workdir, env=cli_env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert closed.returncode == 74 and "standard output is closed" in closed.stderr, closed.stderr
+    refused = subprocess.run(["bash", "-c", f"'{MNIST_COMMAND}' eval run=nowhere 2>/dev/full"], cwd=workdir,
+                             env=cli_env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2  # the refusal's code, not 1 from a failed print
+
+
+def test_our_overrides_go_after_the_users_last_one_so_a_trailing_flag_stays_a_flag():
+    from mnist_cli.cli.command_line import parse_command_line
+
+    line = parse_command_line("train", ["epochs=1", "hydra.sweep.dir=sw", "-m"]).adding("hydra.sweep.dir='/abs/sw'")
+    assert line.hydra_argv[1:] == ["epochs=1", "hydra.sweep.dir=sw", "hydra.sweep.dir='/abs/sw'", "-m"]
+
+
+@pytest.mark.parametrize("word", ["hydra.run.dir=ünï\\,x", "data.root=var/my data ünï (1)", "inputs=['ünï.png']"])
+def test_a_word_quoting_would_not_make_readable_is_left_as_typed(word):
+    from mnist_cli.cli.command_line import non_ascii_quoted
+
+    assert non_ascii_quoted([word]) == [word]

@@ -111,3 +111,18 @@ def test_export_into_a_folder_or_to_a_long_name_or_over_a_hard_link(trained_run,
     linked = run_mnist("export", f"run={trained_run}", "format=torchscript", f"output={link}", cwd=workdir, env=cli_env)
     assert linked.returncode == 0, linked.stderr
     assert fingerprint(trained_run) == before and link.stat().st_nlink == 1
+
+
+def test_control_characters_in_a_name_are_written_as_escapes():
+    from mnist_cli.runs.atomic import readable
+
+    assert readable("\x1b[31mred\x1b[0m.png") == "\\x1b[31mred\\x1b[0m.png"
+    assert readable("new\nline.png") == "new\\x0aline.png" and readable("caf\udce9.png") == "caf\\xe9.png"
+
+
+def test_an_output_that_is_no_regular_file_is_refused_and_left_as_it_is(trained_run, workdir, cli_env, tmp_path):
+    fifo = tmp_path / "pipe"  # what /dev/null or /dev/stdout would be: the rename would replace the device
+    os.mkfifo(fifo)
+    result = run_mnist("export", f"run={trained_run}", "format=torchscript", f"output={fifo}", cwd=workdir, env=cli_env)
+    assert result.returncode == 2 and "is not a regular file; give the path of a file to write." in result.stderr
+    assert fifo.is_fifo()

@@ -209,6 +209,11 @@ ERRORS = {  # name: (request, status, the error sentence or its start)
         422,
         "topk must be a whole number from 1 to 10 (got 'abc')",
     ),
+    "topk with 5000 digits": (
+        dict(content=drawing(ONE), params={"topk": "9" * 5000}),
+        422,
+        "topk must be a whole number from 1 to 10",
+    ),
     "topk=11, more than the classes": (
         dict(content=drawing(ONE), params={"topk": "11"}),
         422,

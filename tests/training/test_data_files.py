@@ -210,3 +210,24 @@ def test_a_download_that_fails_leaves_no_folders_behind(tmp_path, cli_env):
     result = run_mnist("train", *QUICK, f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path, env=env)
     assert result.returncode == 2 and "Downloading failed." in result.stderr, result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_folder_with_some_files_missing_is_not_downloaded_over(tmp_path, data_root):
+    raw = copy_dataset(data_root, tmp_path / "root")
+    (raw / f"{IDX_NAMES[('test', 'labels')]}.gz").unlink()
+    kept = {p.name: p.read_bytes() for p in raw.iterdir()}
+    with pytest.raises(UserError, match="holds some of the IDX files but not t10k-labels-idx1-ubyte; put the missing"):
+        load_dataset(str(tmp_path / "root"), "MNIST", train=True, download=True, classes=10)
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == kept
+
+
+def test_a_gz_that_unpacks_past_any_idx_file_is_refused_without_unpacking_it_all(tmp_path, data_root, monkeypatch):
+    from mnist_cli.training import data
+
+    raw = copy_dataset(data_root, tmp_path / "root")
+    name = raw / f"{IDX_NAMES[('train', 'labels')]}.gz"
+    monkeypatch.setattr(data, "MAX_BYTES", 10_000)  # the real bound is a million images; a bomb that large is slow
+    with gzip.open(name, "wb") as f:
+        f.write(b"\0" * 1_000_000)
+    with pytest.raises(UserError, match="unpacks to more than 10,000 bytes, more than any IDX file it could hold"):
+        load_dataset(str(tmp_path / "root"), "MNIST", train=True, download=False, classes=10)
