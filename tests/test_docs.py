@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 import yaml
+from test_readme import nav_pages
 
 import mnist_cli
 from mnist_cli import streams
@@ -46,14 +47,6 @@ def slug(heading: str) -> str:
 
 def anchors(text: str) -> set:
     return {slug(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
-
-
-def nav_pages(nav) -> List[str]:
-    pages = []
-    for entry in nav:
-        for item in entry.values() if isinstance(entry, dict) else [entry]:
-            pages += nav_pages(item) if isinstance(item, list) else [item]
-    return pages
 
 
 # --- the site ---------------------------------------------------------------------------------------------
