@@ -19,7 +19,7 @@ from mnist_cli.errors import UserError
 from mnist_cli.inference.images import ImageError, find_images, prepare
 from mnist_cli.inference.predictions import load_positions, probabilities, to_rows
 from mnist_cli.runs import figures
-from mnist_cli.runs.atomic import readable, write_csv, write_jsonl
+from mnist_cli.runs.atomic import printable, write_csv, write_jsonl
 from mnist_cli.runs.checkpoints import load_trained
 from mnist_cli.training.devices import resolve_device
 
@@ -31,7 +31,7 @@ def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
     """One entry per input, in order: {"input", "image"} or {"input", "error"}; samples add "label"."""
     entries: List[Dict] = []
     for path in find_images(list(cfg.inputs), cfg.recursive):
-        name = readable(str(path))  # a name that is not UTF-8 still gets its row, written as caf\xe9.png
+        name = printable(str(path))  # a name that is not UTF-8 still gets its row, written as caf\xe9.png
         try:
             entries.append({"input": name, "image": prepare(path, trained.config.dataset.name)})
         except ImageError as error:

@@ -109,11 +109,15 @@ def readable(text: str) -> str:
     """`text` with the bytes of a non-UTF-8 file name (Python's surrogate escapes) written as `\\xe9`:
     printable and encodable, and two such names stay apart."""
     try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: \udxxx
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    # control characters too: a name holding ESC or a newline must not drive the terminal or split a row
-    return CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", text)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(name: str) -> str:
+    """A file name as readable() writes it, its control characters too written as `\x1b`: a name holding ESC
+    or a newline must not drive the terminal or split a row."""
+    return CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", readable(name))
 
 
 def write_csv(path: Path, rows: Iterable[Dict], columns: Sequence[str]) -> None:

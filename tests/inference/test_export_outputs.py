@@ -114,10 +114,10 @@ def test_export_into_a_folder_or_to_a_long_name_or_over_a_hard_link(trained_run,
 
 
 def test_control_characters_in_a_name_are_written_as_escapes():
-    from mnist_cli.runs.atomic import readable
+    from mnist_cli.runs.atomic import printable
 
-    assert readable("\x1b[31mred\x1b[0m.png") == "\\x1b[31mred\\x1b[0m.png"
-    assert readable("new\nline.png") == "new\\x0aline.png" and readable("caf\udce9.png") == "caf\\xe9.png"
+    assert printable("\x1b[31mred\x1b[0m.png") == "\\x1b[31mred\\x1b[0m.png"
+    assert printable("new\nline.png") == "new\\x0aline.png" and printable("caf\udce9.png") == "caf\\xe9.png"
 
 
 def test_an_output_that_is_no_regular_file_is_refused_and_left_as_it_is(trained_run, workdir, cli_env, tmp_path):
