@@ -186,6 +186,11 @@ def resolve_checkpoint(value: str, outputs_dir: str, key: str, prefer=(BEST, LAS
         for name in prefer:
             if (RunFolder(path).checkpoints / name).is_file():
                 return RunFolder(path).checkpoints / name
+        if RunFolder(path).model_table.is_file():  # a train run that started and stopped before its first checkpoint
+            raise UserError(
+                f"{path} has no checkpoint yet: the run stopped before its first epoch ended; "
+                f"continue it with mnist train resume={path}."
+            )
         raise UserError(f"{path} holds no {CHECKPOINTS}/{' or '.join(prefer)}; is it a train run folder?")
     return path
 

@@ -377,6 +377,21 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, 
     assert "model.hidden=[48]" in summary["overrides"] and summary["status"] == "completed"
 
 
+def test_eval_of_a_run_stopped_before_its_first_checkpoint_says_how_to_continue_it(tmp_path):
+    from mnist_cli.errors import UserError
+    from mnist_cli.runs.folder import resolve_checkpoint
+
+    run = RunFolder(tmp_path / "run")
+    run.hydra_config.parent.mkdir(parents=True)
+    run.hydra_config.write_text("epochs: 2\n")
+    run.checkpoints.mkdir()
+    with pytest.raises(UserError, match="is it a train run folder"):  # stopped while loading data: not started
+        resolve_checkpoint(str(run.path), "outputs", key="run")
+    run.model_table.write_text("layers\n")  # training had started
+    with pytest.raises(UserError, match=f"has no checkpoint yet: .*continue it with mnist train resume={run.path}"):
+        resolve_checkpoint(str(run.path), "outputs", key="run")
+
+
 def test_a_resumed_run_keeps_its_overrides_and_adds_up_its_time(finished, tmp_path, cli_env):
     run_dir = copy_run(finished, tmp_path)
     before = strict_json(run_dir / "summary.json")
