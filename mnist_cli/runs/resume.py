@@ -9,9 +9,10 @@ run_folder, finds its folder: before Hydra starts (to lock it and run the job in
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +50,7 @@ class RunStart:
     overrides: List[str]  # the command-line overrides the run was made with (summary.json's "overrides")
     checkpoint: Optional[Dict[str, Any]] = None  # last.pt to continue from; None: start at step 0
     resumed_with: Optional[List[str]] = None  # the overrides given with resume= (summary.json's); None: fresh
+    resumes: Tuple[Tuple[str, ...], ...] = ()  # every resume's overrides in order, this one last (summary.json's)
 
     @property
     def resumed(self) -> bool:
@@ -153,4 +155,21 @@ def _resumed(cfg: DictConfig, run: RunFolder, overrides: List[str]) -> RunStart:
     ):
         raise UserError(f"the run already finished {state['epoch']} epochs; raise epochs= to train longer.")
     original = list(state["overrides"]) if state is not None else hydra_overrides(run)
-    return RunStart(config, original, state, overrides)
+    return RunStart(config, original, state, overrides, (*_earlier_resumes(run), tuple(overrides)))
+
+
+def _earlier_resumes(run: RunFolder) -> Tuple[Tuple[str, ...], ...]:
+    """The overrides of each earlier resume of `run`, from its summary.json (`resumes`, or one `resumed_with`
+    from before that key); () when there is none or it cannot be read: a report then sees this resume alone."""
+    try:
+        summary = json.loads(run.summary.read_text())
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(summary, dict):
+        return ()
+    resumes = summary.get("resumes", [summary["resumed_with"]] if "resumed_with" in summary else [])
+    if not isinstance(resumes, list) or not all(
+        isinstance(r, list) and all(isinstance(w, str) for w in r) for r in resumes
+    ):
+        return ()
+    return tuple(tuple(r) for r in resumes)

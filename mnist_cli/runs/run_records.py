@@ -145,14 +145,23 @@ def read_config(run_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]
 
 
 def resume_changes(summary: Dict) -> Tuple[Dict[str, str], Optional[str]]:
-    """(what resuming a run changed, as overrides {key: value}: what the last resume gave besides
-    resume=, and the planned epochs as the run last ran (an earlier resume may have raised them);
-    what is wrong with summary.json's resumed_with, or None)."""
-    if "resumed_with" not in summary:
+    """(what resuming a run changed, as overrides {key: value}: what every resume gave besides resume=
+    (summary.json's resumes; before that key, the last resume's resumed_with), a key given different
+    values by different resumes as `bf16 then fp32`, and the planned epochs as the run last ran; what is
+    wrong with summary.json's resumes or resumed_with, or None)."""
+    if "resumed_with" not in summary and "resumes" not in summary:
         return {}, None
-    if not _is_overrides(summary["resumed_with"]):
+    if "resumed_with" in summary and not _is_overrides(summary["resumed_with"]):
         return {}, "summary.json's resumed_with is not a list of overrides"
-    changes = {k: v for k, v in _as_dict(summary["resumed_with"]).items() if k != "resume"}
+    resumes = summary.get("resumes", [summary.get("resumed_with", [])])
+    if not isinstance(resumes, list) or not all(_is_overrides(r) for r in resumes):
+        return {}, "summary.json's resumes is not a list of override lists"
+    values: Dict[str, List[str]] = {}
+    for overrides in resumes:
+        for key, value in _as_dict(overrides).items():
+            if key != "resume" and values.setdefault(key, [value])[-1] != value:
+                values[key].append(value)
+    changes = {key: " then ".join(given) for key, given in values.items()}
     if isinstance(summary.get("epochs"), int) and not isinstance(summary["epochs"], bool):
         changes["epochs"] = str(summary["epochs"])
     return changes, None

@@ -75,6 +75,8 @@ def summary_of(
     }
     if resumed_with:
         document["resumed_with"] = resumed_with
+    if facts.get("resumes"):  # every resume's, in order: a report tells a run resumed in bf16 once from others
+        document["resumes"] = [list(overrides) for overrides in facts["resumes"]]
     if status == "early_stopped":
         document["early_stopping"] = {
             "patience": cfg.early_stopping.patience,

@@ -318,6 +318,7 @@ def _train(
     resumed_with = start.resumed_with or []
     state = checkpoints.state_of(start.checkpoint) if start.checkpoint is not None else RunState(start.overrides)
     run, scheduler = build_run(cfg, state, folder, device, world, started, started_at)
+    run.facts["resumes"] = start.resumes
     data, model, optimizer, ema, params = run.data, run.model, run.optimizer, run.ema, run.facts["parameters"]
     steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
 

@@ -385,3 +385,20 @@ def test_ties_and_seed_lists_sort_as_numbers(tmp_path, env):
         make_run(tmp_path / "seeds" / f"s{seed}", completed(0.9), [epoch_row(1, 0.9)], [f"seed={seed}"])
     (group,) = report_json(tmp_path / "seeds", env=env)
     assert (group["seed"], group["run"]) == ("0,1,2,10,11", "s0,s1,s2,s10,s11")
+
+
+def test_a_run_resumed_once_in_bf16_is_not_averaged_with_siblings_resumed_only_for_more_epochs(tmp_path, env):
+    def seed_run(name, seed, resumes, precision_in_config="fp32"):
+        summary = completed(0.9 + seed / 100, epochs=3, epochs_completed=3)
+        summary["resumes"] = [[f"resume={tmp_path / name}", *r] for r in resumes]
+        summary["resumed_with"] = summary["resumes"][-1]  # only the last resume's, which alone hid the bf16 epochs
+        config = stored_config(seed, epochs=1)
+        config["precision"] = precision_in_config
+        make_run(tmp_path / name, summary, [epoch_row(1, 0.9)], ["epochs=1", f"seed={seed}"], config)
+
+    seed_run("sw/0", 0, [["precision=bf16", "epochs=2"], ["epochs=3"]])
+    seed_run("sw/1", 1, [["epochs=3"]])
+    seed_run("sw/2", 2, [["epochs=2"], ["epochs=3"]])
+    seed_run("sw/3", 3, [["precision=bf16", "epochs=2"], ["precision=fp32", "epochs=3"]])  # bf16, then fp32 again
+    rows = report_json(tmp_path, env=env)
+    assert sorted((r["run"], r["n"]) for r in rows) == [("sw/0", 1), ("sw/1,sw/2", 2), ("sw/3", 1)]

@@ -399,6 +399,7 @@ def test_a_resumed_run_keeps_its_overrides_and_adds_up_its_time(finished, tmp_pa
     assert result.returncode == 0, result.stderr
     after = strict_json(run_dir / "summary.json")
     assert after["overrides"] == before["overrides"] and after["resumed_with"] == [f"resume={run_dir}", "epochs=3"]
+    assert after["resumes"] == [[f"resume={run_dir}", "epochs=3"]]  # every resume's, in order
     assert after["wall_seconds"] > before["wall_seconds"]
 
 
