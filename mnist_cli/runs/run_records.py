@@ -97,8 +97,13 @@ def _read_yaml(path: Path) -> Tuple[Any, Optional[str]]:
     import yaml
 
     name = f"{path.parent.name}/{path.name}"
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # C: fast
     try:
-        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), None  # C: fast
+        text = path.read_text()
+        # Hydra never writes aliases; nested ones expand exponentially (a few lines can hang the report)
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+            return None, f"{name} holds YAML aliases, which Hydra never writes"
+        return yaml.load(text, Loader=loader), None
     except FileNotFoundError:
         return _NO_FILE, None
     except OSError as error:

@@ -101,6 +101,10 @@ def overrides_dir(path: Path) -> None:
     (path / ".hydra" / "overrides.yaml").mkdir()
 
 
+ALIAS_BOMB = b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
+    b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n" % ((98 + i,) * 2 + (97 + i,) * 9) for i in range(24)
+)
+
 DAMAGE = {
     "summary is a list": (dict(summary="[]"), "summary.json is not a JSON object"),
     "summary is a string": (dict(summary='"x"'), "summary.json is not a JSON object"),
@@ -115,6 +119,10 @@ DAMAGE = {
     "string val_accuracy": (dict(epochs=[epoch_row(1, "0.9")]), "metrics.jsonl epoch 1 has no val_accuracy number"),
     "overrides not UTF-8": (dict(overrides=b"- model=\xff\xfe\n"), ".hydra/overrides.yaml is not valid YAML"),
     "overrides a mapping": (dict(overrides=b"model: mlp\n"), ".hydra/overrides.yaml is not a list of overrides"),
+    "overrides an alias bomb": (  # 9^25 items once expanded: read as is, the report would never end
+        dict(overrides=ALIAS_BOMB),
+        ".hydra/overrides.yaml holds YAML aliases, which Hydra never writes",
+    ),
 }
 
 
