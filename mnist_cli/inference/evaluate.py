@@ -91,7 +91,7 @@ def evaluate_command(cfg: DictConfig) -> int:
     logits = predict_logits(trained, split.images, cfg.batch_size)
     report = {
         "run": str(trained.run_dir),
-        "checkpoint": str(trained.checkpoint_path),
+        "checkpoint": str(trained.checkpoint_path.resolve()),  # absolute, as "run" is
         "epoch": trained.checkpoint["epoch"],
         "split": cfg.split,
         "dataset": trained.config.dataset.name,

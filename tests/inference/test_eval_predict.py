@@ -39,6 +39,9 @@ def test_report(trained_run, workdir, cli_env) -> dict:
 def test_eval_report_is_consistent_with_its_confusion_matrix(test_report, trained_run):
     report = test_report
     assert report["split"] == "test" and report["samples"] == 200
+    assert Path(report["checkpoint"]).is_absolute() and report["checkpoint"].startswith(
+        report["run"]
+    )  # one kind of path
     confusion = np.array(report["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == report["samples"]
     assert report["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
