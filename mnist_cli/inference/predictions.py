@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_cli.errors import UserError
 from mnist_cli.runs.checkpoints import Trained
 from mnist_cli.training.data import Split, load_dataset, load_train_data, normalize, split_indices
+from mnist_cli.training.forward import autocast
 
 
 def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split:
@@ -54,7 +55,7 @@ def precision(trained: Trained) -> str:
 def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits (N, classes) for uint8 images (N, 28, 28) already on the model's device, computed in the
     run's precision (bf16 autocast, as training validated), so `mnist eval split=val` is training's number."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision(trained) == "bf16"):
+    with autocast(images.device, precision(trained)):
         chunks = [
             trained.model(normalize(images[i : i + batch_size], trained.mean, trained.std))
             for i in range(0, len(images), batch_size)

@@ -31,33 +31,21 @@ from mnist_cli.search.trial import StudyTrial
 from mnist_cli.training import distributed
 from mnist_cli.training.augment import from_config
 from mnist_cli.training.data import (
-    Split,
     TrainData,
     batches_per_epoch,
     epoch_generator,
-    eval_batches,
     load_train_data,
-    normalize,
     train_batches,
 )
 from mnist_cli.training.devices import out_of_memory, resolve_device
 from mnist_cli.training.distributed import World, all_sum, any_true
 from mnist_cli.training.ema import WeightAverage
+from mnist_cli.training.forward import autocast, evaluate, to_model_input
 from mnist_cli.training.interrupt import Interrupted, StopRequest
 from mnist_cli.training.loggers import Loggers, start_loggers
 from mnist_cli.training.models import build_model, count_parameters, for_inference, layer_summary
 from mnist_cli.training.notes import did_not_learn, memory_sentence, start_notes
 from mnist_cli.training.optim import build_optimizer, scheduler_at
-
-
-def to_model_input(images: torch.Tensor, data: TrainData, channels_last: bool) -> torch.Tensor:
-    x = normalize(images, data.mean, data.std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def autocast(device: torch.device, precision: str):
-    """The context forward passes run in: bf16 autocast for precision=bf16 (weights stay fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -161,27 +149,6 @@ def train_one_epoch(run: Run, state: RunState, scheduler, stop: StopRequest, sum
     n = len(data.train)
     all_sum(loss_sum, world), all_sum(correct, world)
     return loss_sum.item() / n, correct.item() / n
-
-
-@torch.no_grad()
-def evaluate(
-    model, split: Split, data: TrainData, cfg, world: World = World()
-) -> Tuple[Optional[float], Optional[float]]:
-    """Returns (mean loss, accuracy) of `model` on `split` (under torchrun: each process a share);
-    (None, None) for an empty split (data.val_size=0)."""
-    if len(split) == 0:
-        return None, None
-    model.eval()
-    loss_sum = torch.zeros((), device=split.images.device)
-    correct = torch.zeros((), device=split.images.device, dtype=torch.long)
-    share = Split(split.images[world.rank :: world.size], split.labels[world.rank :: world.size])
-    for images, labels in eval_batches(share, cfg.eval_batch_size):
-        with autocast(split.images.device, cfg.precision):
-            logits = model(to_model_input(images, data, cfg.channels_last))
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-    all_sum(loss_sum, world), all_sum(correct, world)
-    return loss_sum.item() / len(split), correct.item() / len(split)
 
 
 def validation(run: Run) -> Dict[str, Any]:
