@@ -144,8 +144,6 @@ def output_path(cfg: DictConfig, trained: Trained) -> Path:
     target = Path(cfg.output or trained.checkpoint_path.parent).expanduser()
     if target.is_dir() or not cfg.output or cfg.output.endswith(("/", os.sep)):
         target = target / FILENAMES[cfg.format]
-    if target.exists() and not target.is_file():  # /dev/null, a FIFO, /dev/stdout: the rename would replace it
-        raise UserError(f"output={cfg.output} is not a regular file; give the path of a file to write.")
     problem = replaces_run_file(target, trained.checkpoint_path)
     if problem:
         raise UserError(f"writing {target} would replace {problem}; give output= a path outside the run's files.")

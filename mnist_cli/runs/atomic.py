@@ -51,9 +51,12 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     removed by the next lock_run), fsync it, then rename it over `path`.
 
     An OSError (a full disk, no permission) raises WriteFailed naming the path; `path` keeps
-    its previous content.
+    its previous content. An existing `path` that is no regular file (a device, a FIFO) is refused the same
+    way: the rename would replace it, and as root /dev/null with it.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO, /dev/stdout: the rename would replace it
+        raise WriteFailed(f"{path} is not a regular file; give the path of a file to write.")
     tmp = path.with_name(_temp_name(path.name))
     try:
         with open(tmp, "wb") as file:

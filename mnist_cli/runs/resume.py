@@ -49,13 +49,17 @@ class RunStart:
     config: DictConfig  # the config the run trains with (a resumed run's own, with the changeable keys applied)
     overrides: List[str]  # the command-line overrides the run was made with (summary.json's "overrides")
     checkpoint: Optional[Dict[str, Any]] = None  # last.pt to continue from; None: start at step 0
-    resumed_with: Optional[List[str]] = None  # the overrides given with resume= (summary.json's); None: fresh
-    resumes: Tuple[Tuple[str, ...], ...] = ()  # every resume's overrides in order, this one last (summary.json's)
+    resumes: Tuple[Tuple[str, ...], ...] = ()  # every resume's overrides in order, this one last; (): fresh
 
     @property
     def resumed(self) -> bool:
         """Whether the run continues in a folder it wrote before (from last.pt, or from step 0)."""
-        return self.resumed_with is not None
+        return bool(self.resumes)
+
+    @property
+    def resumed_with(self) -> List[str]:
+        """The overrides given with this resume= (summary.json's resumed_with); [] for a fresh run."""
+        return list(self.resumes[-1]) if self.resumes else []
 
 
 def start_of(cfg: DictConfig, overrides: List[str]) -> RunStart:
@@ -155,7 +159,7 @@ def _resumed(cfg: DictConfig, run: RunFolder, overrides: List[str]) -> RunStart:
     ):
         raise UserError(f"the run already finished {state['epoch']} epochs; raise epochs= to train longer.")
     original = list(state["overrides"]) if state is not None else hydra_overrides(run)
-    return RunStart(config, original, state, overrides, (*_earlier_resumes(run), tuple(overrides)))
+    return RunStart(config, original, state, (*_earlier_resumes(run), tuple(overrides)))
 
 
 def _earlier_resumes(run: RunFolder) -> Tuple[Tuple[str, ...], ...]:

@@ -52,9 +52,9 @@ class TrainData:
     std: float
 
 
-def _has_files(root: Path, folder: str) -> bool:
-    raw = root / folder / "raw"
-    return all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in IDX_FILES)
+def _missing_files(raw: Path) -> List[str]:
+    """The IDX files `raw` holds in neither form, gzipped or not."""
+    return [n for n in IDX_FILES if not (raw / n).is_file() and not (raw / f"{n}.gz").is_file()]
 
 
 def _missing_message(root: Path, folder: str) -> str:
@@ -67,7 +67,7 @@ def _missing_message(root: Path, folder: str) -> str:
 def _refuse_partial(raw: Path) -> None:
     """Raises UserError when `raw` holds some IDX files but not all: torchvision's download replaces every .gz
     whose checksum is not the official one, so the user's own files would be lost without a word."""
-    missing = [n for n in IDX_FILES if not (raw / n).is_file() and not (raw / f"{n}.gz").is_file()]
+    missing = _missing_files(raw)
     if len(missing) < len(IDX_FILES):
         raise UserError(
             f"{raw} holds some of the IDX files but not {', '.join(missing)}; put the missing ones there "
@@ -154,7 +154,7 @@ def load_dataset(root: str, folder: str, train: bool, download: bool, classes: i
     """Return the training or test set of `folder` under `root` as CPU tensors, after checking its
     IDX files (labels must be below `classes`); with `download`, fetch missing files first."""
     root_path = Path(root).expanduser()
-    if not _has_files(root_path, folder):
+    if _missing_files(root_path / folder / "raw"):
         if not download:
             raise UserError(_missing_message(root_path, folder))
         _refuse_partial(root_path / folder / "raw")

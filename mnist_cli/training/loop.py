@@ -282,7 +282,7 @@ def _train(
     if not main:
         console.silence()
 
-    resumed_with = start.resumed_with or []
+    resumed_with = start.resumed_with
     state = checkpoints.state_of(start.checkpoint) if start.checkpoint is not None else RunState(start.overrides)
     run, scheduler = build_run(cfg, state, folder, device, world, started, started_at)
     run.facts["resumes"] = start.resumes
