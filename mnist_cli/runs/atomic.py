@@ -55,7 +55,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     way: the rename would replace it, and as root /dev/null with it.
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # /dev/null, a FIFO, /dev/stdout: the rename would replace it
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/null, a FIFO: the rename would replace it
         raise WriteFailed(f"{path} is not a regular file; give the path of a file to write.")
     tmp = path.with_name(_temp_name(path.name))
     try:
