@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnist_cli.training.data import load_dataset
+from mnist_cli.datasets.torchvision_sets import load_dataset
 
 
 def variants(image: np.ndarray) -> dict:

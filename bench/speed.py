@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 from mnist_cli.config.schema import register_configs
+from mnist_cli.datasets.split import split_indices
+from mnist_cli.datasets.torchvision_sets import IDX_FILES
 from mnist_cli.runs.state import RunState
-from mnist_cli.training.data import IDX_FILES, load_train_data, split_indices, validation_size
+from mnist_cli.training.data import load_train_data, validation_size
 from mnist_cli.training.interrupt import StopRequest
 from mnist_cli.training.loop import Run, train_one_epoch
 from mnist_cli.training.models import build_model

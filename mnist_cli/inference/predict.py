@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from mnist_cli import console
+from mnist_cli.datasets.images import ImageError, find_images, prepare
 from mnist_cli.errors import UserError
-from mnist_cli.inference.images import ImageError, find_images, prepare
 from mnist_cli.inference.predictions import load_positions, probabilities, to_rows
 from mnist_cli.runs import figures
 from mnist_cli.runs.atomic import printable, write_csv, write_jsonl

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_cli.datasets.split import Split, split_indices
+from mnist_cli.datasets.torchvision_sets import load_dataset
 from mnist_cli.errors import UserError
 from mnist_cli.runs.checkpoints import Trained
-from mnist_cli.training.data import Split, load_dataset, load_train_data, normalize, split_indices
+from mnist_cli.training.data import load_train_data, normalize
 from mnist_cli.training.forward import autocast
 
 

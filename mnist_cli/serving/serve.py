@@ -38,8 +38,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from mnist_cli.datasets.images import ImageError, prepare_file
 from mnist_cli.errors import UserError
-from mnist_cli.inference.images import ImageError, prepare_file
 from mnist_cli.inference.predictions import probabilities, to_rows
 from mnist_cli.runs.checkpoints import Trained, load_trained
 from mnist_cli.runs.folder import RunFolder

@@ -8,8 +8,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from mnist_cli.datasets.split import Split
 from mnist_cli.training.data import (
-    Split,
     TrainData,
     eval_batches,
     normalize,

@@ -134,7 +134,7 @@ def test_a_bf16_run_is_evaluated_as_it_trained(workdir, cli_env, tmp_path):
 
 
 def test_predict_indices_are_positions_in_the_dataset_file(trained_run, workdir, cli_env, data_root):
-    from mnist_cli.training.data import split_indices
+    from mnist_cli.datasets.split import split_indices
 
     split_seed = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)["config"]["data"]["split_seed"]
     val_positions, train_positions = (p.tolist() for p in split_indices(600, 100, split_seed))
@@ -188,7 +188,7 @@ def save_variants(image: np.ndarray, folder: Path, name: str) -> dict:
 
 @pytest.mark.slow
 def test_predict_on_files_agrees_with_the_model_on_the_samples(trained_run, workdir, cli_env, data_root, tmp_path):
-    from mnist_cli.training.data import load_dataset
+    from mnist_cli.datasets.torchvision_sets import load_dataset
 
     indices = list(range(40))
     samples = run_mnist(

@@ -109,7 +109,7 @@ def test_save_inputs_on_hundreds_of_files_draws_the_first_100_and_says_so(traine
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F"])
 def test_a_16_bit_or_float_image_is_scaled_not_clipped(mode, tmp_path):
-    from mnist_cli.inference.images import prepare
+    from mnist_cli.datasets.images import prepare
 
     ink = np.zeros((56, 56))
     ink[10:46, 26:30] = 1.0  # a "1"

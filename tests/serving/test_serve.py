@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from mnist_cli.config.compose import compose  # noqa: E402
-from mnist_cli.inference.images import prepare  # noqa: E402
+from mnist_cli.datasets.images import prepare  # noqa: E402
 from mnist_cli.inference.predict import CSV_COLUMNS  # noqa: E402
 from mnist_cli.runs.checkpoints import load_trained  # noqa: E402
 from mnist_cli.serving import serve  # noqa: E402

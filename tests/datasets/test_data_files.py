@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import IDX_NAMES, QUICK, run_mnist, write_idx
+from mnist_cli.datasets.torchvision_sets import load_dataset
 from mnist_cli.errors import UserError
-from mnist_cli.training.data import load_dataset
 
 OFFLINE = {"no_proxy": "*", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
@@ -222,7 +222,7 @@ def test_a_folder_with_some_files_missing_is_not_downloaded_over(tmp_path, data_
 
 
 def test_a_gz_that_unpacks_past_any_idx_file_is_refused_without_unpacking_it_all(tmp_path, data_root, monkeypatch):
-    from mnist_cli.training import data
+    from mnist_cli.datasets import idx as data
 
     raw = copy_dataset(data_root, tmp_path / "root")
     name = raw / f"{IDX_NAMES[('train', 'labels')]}.gz"

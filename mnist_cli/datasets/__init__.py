@@ -1,0 +1,1 @@
+"""Datasets: the MNIST family's IDX files, users' own image folders, and image files made into model inputs."""
