@@ -80,9 +80,9 @@ def epoch_line(m: Dict, epochs: int) -> str:
 
 @contextmanager
 def batch_progress(description: str, total: int, completed: int = 0) -> Iterator:
-    """Yield advance(); a live bar over the batches in a terminal, nothing otherwise (CI logs)."""
+    """Yield advance(n=1); a live bar over the batches (or files) in a terminal, nothing otherwise (CI logs)."""
     if not console.is_terminal:
-        yield lambda: None
+        yield lambda n=1: None
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -93,4 +93,4 @@ def batch_progress(description: str, total: int, completed: int = 0) -> Iterator
         transient=True,
     ) as progress:
         task = progress.add_task(description, total=total, completed=completed)
-        yield lambda: progress.advance(task)
+        yield lambda n=1: progress.advance(task, n)

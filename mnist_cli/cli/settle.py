@@ -9,14 +9,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist_cli.paths import absolute_path
 
-PATH_KEYS = ("outputs_dir", "data.root", "resume", "run", "output")
+PATH_KEYS = ("outputs_dir", "data.root", "dataset.path", "resume", "run", "output")
 
 
 def settle(cfg: DictConfig, runtime, command: str) -> None:
     """Set, in place, what only the running job knows (returns nothing):
     - with hydra.job.chdir=true, the paths the user gave (PATH_KEYS, inputs) made absolute from where the
       command was typed, since the job runs inside its run folder;
-    - data.root absolute: a run stores it, and eval/predict run from another folder read the same data;
+    - data.root and an image folder's dataset.path absolute: a run stores them, and eval/predict run from another folder read the same data;
     - train's `threads`, when null and the launcher runs N jobs at once on this machine: cores / N;
     - train's MLflow experiment, when null in a sweep: one shared by the sweep's jobs."""
     cwd = runtime.runtime.cwd
@@ -24,6 +24,9 @@ def settle(cfg: DictConfig, runtime, command: str) -> None:
         _absolute_paths(cfg, cwd)
     if cfg.get("data", {}).get("root"):
         cfg.data.root = absolute_path(cfg.data.root, cwd)
+    folder = OmegaConf.select(cfg, "dataset.path", default=None) if command == "train" else None
+    if folder:  # not given (???) selects as None
+        cfg.dataset.path = absolute_path(folder, cwd)
     if command == "train":
         _share_the_machine(cfg, runtime)
         _sweep_experiment(cfg, runtime)

@@ -16,8 +16,11 @@ from mnist_cli.config.hydra_refusals import invalid_value, not_a_key
 from mnist_cli.config.schema import (
     ACTIVATIONS,
     CHOSEN_GROUPS,
+    EMNIST_SPLITS,
     OUTPUT_FORMATS,
     PRECISIONS,
+    PREPARATIONS,
+    QMNIST_TEST_PARTS,
     SPLITS,
     known_keys,
 )
@@ -134,6 +137,7 @@ def _validate_train(cfg: DictConfig, need: Need) -> None:
     _validate_run(cfg, need)
     _validate_loggers(cfg, need)
     _validate_training(cfg, need)
+    _validate_dataset(cfg, need)
     _validate_augment(cfg, need)
     need(cfg.optimized_metric in SUMMARY_METRICS, "optimized_metric", f"one of {', '.join(SUMMARY_METRICS)}")
     _validate_optimizer(cfg.optimizer, need)
@@ -185,6 +189,30 @@ def _validate_training(cfg: DictConfig, need: Need) -> None:
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)")
     need(cfg.ema_decay is None or 0 < cfg.ema_decay < 1, "ema_decay", "null or in (0, 1), e.g. 0.999")
+
+
+def _validate_dataset(cfg: DictConfig, need: Need) -> None:
+    ds = cfg.dataset
+    need(ds.prepare in PREPARATIONS, "dataset.prepare", f"one of {', '.join(PREPARATIONS)}")
+    if ds.name == "emnist":
+        need(ds.split in EMNIST_SPLITS, "dataset.split", f"one of {', '.join(EMNIST_SPLITS)}")
+    if ds.name == "qmnist":
+        need(ds.test_part in QMNIST_TEST_PARTS, "dataset.test_part", f"one of {', '.join(QMNIST_TEST_PARTS)}")
+    if ds.name != "folder":
+        return
+    if ds.path is None:
+        raise UserError("dataset=folder needs dataset.path=DIR: a folder holding one folder of images per class.")
+    need(bool(str(ds.path).strip()), "dataset.path", "the folder that holds one folder per class")
+    need(0 <= ds.val_fraction < 1, "dataset.val_fraction", "in [0, 1)")
+    need(0 <= ds.test_fraction < 1, "dataset.test_fraction", "in [0, 1)")
+    need(ds.val_fraction + ds.test_fraction < 1, "dataset.test_fraction", "less than 1 - dataset.val_fraction")
+    need(0 <= ds.max_bad_fraction <= 1, "dataset.max_bad_fraction", "a fraction in [0, 1]")
+    need(ds.workers is None or 1 <= ds.workers <= MAX_THREADS, "dataset.workers", f"null or from 1 to {MAX_THREADS}")
+    need(
+        cfg.data.val_size is None,
+        "data.val_size",
+        "null for an image folder (its validation split is a val/ folder, or dataset.val_fraction of each class)",
+    )
 
 
 def _validate_augment(cfg: DictConfig, need: Need) -> None:

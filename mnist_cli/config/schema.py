@@ -31,13 +31,36 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # "mnist" | "fashion_mnist"
-    folder: str = MISSING  # torchvision's folder under data.root: MNIST, FashionMNIST
-    classes: List[str] = MISSING
-    mean: float = MISSING
-    std: float = MISSING
+    name: str = MISSING  # mnist | fashion_mnist | kmnist | emnist | qmnist | folder
+    folder: Optional[str] = MISSING  # torchvision's folder under data.root (MNIST, ...); null: an image folder
+    classes: Optional[List[str]] = MISSING  # null: from the data (the class folders; EMNIST: its split)
+    mean: Optional[float] = MISSING  # of the training images on a 0..1 scale; null: measured on them
+    std: Optional[float] = MISSING
+    prepare: str = MISSING  # how an image file becomes a 28x28 input: digit | object | resize
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     test_time_flip: bool = MISSING  # evaluate and predict on each image and its mirror, averaging the logits
+
+
+@dataclass
+class EmnistDatasetConfig(DatasetConfig):
+    split: str = MISSING  # digits | letters | balanced | byclass | bymerge | mnist
+
+
+@dataclass
+class QmnistDatasetConfig(DatasetConfig):
+    test_part: str = MISSING  # all | test10k | test50k: which of QMNIST's 60,000 test images split=test reads
+
+
+@dataclass
+class FolderDatasetConfig(DatasetConfig):
+    """A folder of image files with one subfolder per class (datasets/image_folder.py)."""
+
+    path: Optional[str] = MISSING  # required: null is refused
+    val_fraction: float = MISSING  # of each class, held out for validation when there is no val/ folder
+    test_fraction: float = MISSING  # of each class, held out for testing when there is no train/ folder
+    max_bad_fraction: float = MISSING  # refuse the folder when more of its files than this cannot be read
+    cache: bool = MISSING  # keep the decoded images in mnist-cli's cache folder
+    workers: Optional[int] = MISSING  # processes decoding images; null: one per core
 
 
 @dataclass
@@ -286,7 +309,14 @@ GROUP_SCHEMAS = {
         "cosine": CosineSchedulerConfig,
         "onecycle": OneCycleSchedulerConfig,
     },
-    "dataset": {"mnist": DatasetConfig, "fashion_mnist": DatasetConfig},
+    "dataset": {
+        "mnist": DatasetConfig,
+        "fashion_mnist": DatasetConfig,
+        "kmnist": DatasetConfig,
+        "emnist": EmnistDatasetConfig,
+        "qmnist": QmnistDatasetConfig,
+        "folder": FolderDatasetConfig,
+    },
 }
 CHOSEN_GROUPS = (*GROUP_SCHEMAS, "experiment")  # the groups a command line picks an option of (model=mlp)
 
@@ -308,6 +338,9 @@ def register_configs() -> None:
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "silu")
 SPLITS = ("test", "val", "train")
 PRECISIONS = ("fp32", "bf16")
+PREPARATIONS = ("digit", "object", "resize")  # datasets/images.py maps them to functions
+EMNIST_SPLITS = ("digits", "letters", "balanced", "byclass", "bymerge", "mnist")
+QMNIST_TEST_PARTS = ("all", "test10k", "test50k")
 OUTPUT_FORMATS = {"eval": ("table", "json"), "predict": ("table", "json"), "export": ("pt2", "torchscript", "onnx")}
 
 

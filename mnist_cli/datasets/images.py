@@ -4,7 +4,10 @@ MNIST: grey, light background inverted so ink is bright, cropped to the ink, lon
 to 20 px, pasted into 28x28 with the centre of mass at the centre (LeCun et al.'s recipe).
 FashionMNIST: grey, light background inverted, trimmed to the object, longer side scaled to 28 px,
 centred (the recipe FashionMNIST itself was made with).
-Files on disk (`mnist predict`) and bytes in memory (`mnist serve`) take the same path, prepare_file.
+A dataset's `prepare` names its recipe: digit (MNIST's), object (FashionMNIST's) or resize (grey, scaled to
+28x28 as it is: a 28x28 grey image stays exactly what it was).
+Files on disk (`mnist predict`, an image folder's training images) and bytes in memory (`mnist serve`)
+take the same path, prepare_file.
 Every file either becomes an input or raises ImageError with one sentence: too many pixels are refused
 from the header, and big images are reduced while still 8-bit grey, so memory stays bounded.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO, List
+from typing import BinaryIO, List, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -164,18 +167,27 @@ def fashion_style(grey: np.ndarray) -> np.ndarray:
     return _paste(crop, (28 - crop.shape[0]) // 2, (28 - crop.shape[1]) // 2)
 
 
-def prepare_file(file: BinaryIO, dataset: str, reader: str = "mnist predict") -> np.ndarray:
+def plain_resize(grey: np.ndarray) -> np.ndarray:
+    """Grey 0..255 scaled to 28x28 as it is (no inversion, no crop); a 28x28 image is kept exactly."""
+    if grey.shape != (28, 28):
+        grey = _resize(grey, (28, 28))
+    return np.clip(grey.round(), 0, 255).astype(np.uint8)
+
+
+RECIPES = {"digit": mnist_style, "object": fashion_style, "resize": plain_resize}  # config.schema.PREPARATIONS
+
+
+def prepare_file(file: BinaryIO, how: str, reader: str = "mnist predict") -> np.ndarray:
     """The image in the open binary `file` (a file on disk, or bytes in memory: io.BytesIO) as a 28x28 uint8
-    model input for a run trained on `dataset`; raises ImageError. The one path from bytes to model input."""
-    grey = read_grey(file, reader)
-    return mnist_style(grey) if dataset == "mnist" else fashion_style(grey)
+    model input prepared by recipe `how` (RECIPES); raises ImageError. The one path from bytes to model input."""
+    return RECIPES[how](read_grey(file, reader))
 
 
-def prepare(path: Path, dataset: str) -> np.ndarray:
+def prepare(path: Path, how: str, reader: str = "mnist predict") -> np.ndarray:
     """The image file at `path` as a 28x28 uint8 model input (prepare_file); raises ImageError."""
     try:
         with open(path, "rb") as file:
-            return prepare_file(file, dataset)
+            return prepare_file(file, how, reader)
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
@@ -184,3 +196,16 @@ def prepare(path: Path, dataset: str) -> np.ndarray:
         raise ImageError("permission denied") from None
     except OSError as error:  # any other reason the file cannot be opened is that file's row too
         raise ImageError(f"unreadable image ({error})") from None
+
+
+def prepare_many(paths: List[str], how: str) -> Tuple[np.ndarray, List[str]]:
+    """(uint8 images (N, 28, 28), one reason per file: "" where it was prepared) for image files, as `prepare`
+    makes them; a file that cannot be prepared is a black image and its reason. What a decoding process runs."""
+    images = np.zeros((len(paths), 28, 28), dtype=np.uint8)
+    reasons = [""] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            images[i] = prepare(Path(path), how, "mnist train")
+        except ImageError as error:
+            reasons[i] = str(error) or "unreadable image"
+    return images, reasons

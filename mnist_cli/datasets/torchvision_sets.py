@@ -82,3 +82,16 @@ def load_dataset(root: str, folder: str, train: bool, download: bool, classes: i
             f"{labels_file} holds label {largest}, but {folder} has {classes} classes (0–{classes - 1}); {REPLACE}"
         )
     return Split(images, labels.long())
+
+
+def class_names(dataset) -> List[str]:
+    """The class names of the torchvision set `dataset` (a run's dataset config), in label order."""
+    return list(dataset.classes)
+
+
+def load_set(dataset, root: str, part: str, download: bool) -> Split:
+    """The `part` ("train" or "test") of the torchvision set `dataset` (a run's dataset config) under `root`,
+    as CPU tensors with labels 0..classes-1; with `download`, missing files are fetched first."""
+    return load_dataset(
+        root, dataset.folder, train=part == "train", download=download, classes=len(class_names(dataset))
+    )

@@ -33,7 +33,7 @@ def collect_inputs(cfg: DictConfig, trained, device) -> List[Dict]:
     for path in find_images(list(cfg.inputs), cfg.recursive):
         name = printable(str(path))  # a name that is not UTF-8 still gets its row, written as caf\xe9.png
         try:
-            entries.append({"input": name, "image": prepare(path, trained.config.dataset.name)})
+            entries.append({"input": name, "image": prepare(path, trained.config.dataset.prepare)})
         except ImageError as error:
             entries.append({"input": name, "error": str(error)})
     if cfg.indices:

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_cli.datasets import image_folder, torchvision_sets
 from mnist_cli.datasets.split import Split, split_indices
-from mnist_cli.datasets.torchvision_sets import load_dataset
 from mnist_cli.errors import UserError
+from mnist_cli.runs.atomic import printable
 from mnist_cli.runs.checkpoints import Trained
+from mnist_cli.runs.folder import RunFolder
 from mnist_cli.training.data import load_train_data, normalize
 from mnist_cli.training.forward import autocast
 
@@ -28,14 +30,15 @@ def load_split(trained: Trained, cfg: DictConfig, device: torch.device) -> Split
 
 def load_positions(trained: Trained, cfg: DictConfig, device: torch.device) -> Tuple[Split, torch.Tensor, int]:
     """(the split as load_split gives it, each of its rows' position in the dataset's own file (the
-    test file for test, the training file for train and val: torchvision's numbering), how many of
-    that file's images the run uses (data.limit))."""
+    test file for test, the training file for train and val: torchvision's numbering; an image folder:
+    the row's place among the split's files), how many of that file's images the run uses (data.limit))."""
     run_cfg = trained.config
+    if run_cfg.dataset.name == "folder":
+        split = _folder_split(trained, cfg.split)
+        return Split(split.images.to(device), split.labels.to(device)), torch.arange(len(split)), len(split)
     root = cfg.data.root if cfg.data.root is not None else run_cfg.data.root
     if cfg.split == "test":
-        test = load_dataset(
-            root, run_cfg.dataset.folder, train=False, download=cfg.data.download, classes=len(run_cfg.dataset.classes)
-        )
+        test = torchvision_sets.load_set(run_cfg.dataset, root, "test", cfg.data.download)
         return Split(test.images.to(device), test.labels.to(device)), torch.arange(len(test)), len(test)
     train_cfg = OmegaConf.merge(run_cfg, {"data": {"root": root, "download": cfg.data.download}})
     data = load_train_data(train_cfg, device)
@@ -46,6 +49,25 @@ def load_positions(trained: Trained, cfg: DictConfig, device: torch.device) -> T
         used, len(data.val), run_cfg.data.split_seed
     )  # as load_train_data drew them
     return (data.val, val_positions, used) if cfg.split == "val" else (data.train, train_positions, used)
+
+
+def _folder_split(trained: Trained, split: str) -> Split:
+    """Split `split` of an image-folder run, read from its folder, which must hold the files it trained on."""
+    data = image_folder.load(trained.config)
+    image_folder.check_unchanged(
+        data, RunFolder(trained.run_dir).dataset_files, trained.config.dataset.path, "evaluate"
+    )
+    if len(data.splits[split]) == 0:
+        path = trained.config.dataset.path
+        if split == "val":
+            why = "dataset.val_fraction=0 and no val/ folder"
+        elif data.folders:
+            why = f"{path} has no test/ folder"
+        else:
+            why = "dataset.test_fraction=0"
+        other = "val" if split == "test" else "test"
+        raise UserError(f"the run has no {split} split ({printable(why)}); use split={other}, or split=train.")
+    return data.splits[split]
 
 
 def precision(trained: Trained) -> str:

@@ -31,11 +31,12 @@ from mnist_cli.training.optim import load_optimizer_state
 FORMAT = "mnist-cli-checkpoint"
 # 2: adds "history", "overrides" and "wall_seconds"; the scheduler is rebuilt on resume, not stored
 # 3: adds "ema" and "inference_weights" (which of "model" and "ema" eval, predict and export load)
-VERSION = 3
+# 4: the config's dataset says how image files are prepared ("prepare") and may measure its normalisation
+VERSION = 4
 
 
 def upgrade(checkpoint: Dict[str, Any], run: RunFolder) -> Dict[str, Any]:
-    """`checkpoint` (format 1, 2 or 3) as format VERSION holds it; `run`: its run folder, where format 1
+    """`checkpoint` (format 1 to 4) as format VERSION holds it; `run`: its run folder, where format 1
     kept what it lacks (the epochs in metrics.jsonl, the overrides in .hydra/overrides.yaml).
 
     Only the checkpoint's own fields are upgraded: its config, from whichever mnist-cli version, is
@@ -53,6 +54,11 @@ def upgrade(checkpoint: Dict[str, Any], run: RunFolder) -> Dict[str, Any]:
     if version < 3:  # no moving average was kept; eval, predict and export load the trained weights
         checkpoint["ema"] = None
         checkpoint["inference_weights"] = "model"
+    if version < 4:  # only MNIST and FashionMNIST existed, each prepared image files its own way
+        dataset = checkpoint["config"]["dataset"]
+        checkpoint["config"] = dict(
+            checkpoint["config"], dataset=dict(dataset, prepare="digit" if dataset["name"] == "mnist" else "object")
+        )
     return checkpoint
 
 

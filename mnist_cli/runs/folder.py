@@ -3,6 +3,7 @@
 <run>/
   .hydra/config.yaml, overrides.yaml   (written by Hydra)
   train.log  model.txt  metrics.jsonl  metrics.csv  summary.json  loggers.json
+  dataset_files.csv                    (dataset=folder: its files, split and skipped ones)
   checkpoints/last.pt  checkpoints/best.pt
   eval/<split>.json (mnist eval)  tb/ (TensorBoard)
   .lock                                (held by the process that writes the run: locks.py)
@@ -64,6 +65,11 @@ class RunFolder:
     @property
     def metrics_csv(self) -> Path:
         return self.path / "metrics.csv"
+
+    @property
+    def dataset_files(self) -> Path:
+        """dataset_files.csv: an image folder run's files, each with its split and size, and why it was skipped."""
+        return self.path / "dataset_files.csv"
 
     @property
     def model_table(self) -> Path:

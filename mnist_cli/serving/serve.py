@@ -151,12 +151,12 @@ def start_batching(service: Service) -> None:
 # ---- reading a request ---------------------------------------------------------------------------
 
 
-def prepare_entries(files: List[Tuple[str, bytes]], dataset: str) -> List[Dict]:
+def prepare_entries(files: List[Tuple[str, bytes]], how: str) -> List[Dict]:
     """`mnist predict`'s entries for uploaded files, in order: {"input", "image"} or {"input", "error"}."""
     entries: List[Dict] = []
     for name, data in files:
         try:
-            entries.append({"input": name, "image": prepare_file(io.BytesIO(data), dataset, READER)})
+            entries.append({"input": name, "image": prepare_file(io.BytesIO(data), how, READER)})
         except ImageError as error:
             entries.append({"input": name, "error": str(error)})
     return entries
@@ -197,7 +197,7 @@ async def predict(request: Request) -> JSONResponse:
     else:
         files = [("body", body)]
     entries = await anyio.to_thread.run_sync(
-        prepare_entries, files, service.trained.config.dataset.name, limiter=service.decoders
+        prepare_entries, files, service.trained.config.dataset.prepare, limiter=service.decoders
     )
     images = [entry["image"] for entry in entries if "image" in entry]
     probs = await classify(service, images) if images else torch.zeros(0, len(service.trained.classes))

@@ -8,14 +8,12 @@ normalised per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
+from mnist_cli.datasets import image_folder, torchvision_sets
 from mnist_cli.datasets.split import Split, split_indices
-from mnist_cli.datasets.torchvision_sets import (
-    load_dataset,
-)
 from mnist_cli.errors import UserError
 from mnist_cli.training.augment import Augment, apply, draw
 
@@ -27,6 +25,7 @@ class TrainData:
     classes: List[str]
     mean: float
     std: float
+    files: Optional[image_folder.FolderData] = None  # an image folder's files, for the run's dataset_files.csv
 
 
 VAL_SHARE = 12  # data.val_size=null holds out 1/12 of the training images: 5,000 of 60,000
@@ -39,10 +38,34 @@ def validation_size(cfg, n: int) -> int:
 
 def load_train_data(cfg, device: torch.device) -> TrainData:
     """Return the training and the fixed validation split of cfg.dataset, moved to `device`
-    (an empty validation split with data.val_size=0)."""
-    full = load_dataset(
-        cfg.data.root, cfg.dataset.folder, train=True, download=cfg.data.download, classes=len(cfg.dataset.classes)
+    (an empty validation split with data.val_size=0), with its class names and normalisation."""
+    files = None
+    if cfg.dataset.name == "folder":
+        files = image_folder.load(cfg)
+        train, val, classes = files.splits["train"], files.splits["val"], files.classes
+    else:
+        train, val = _idx_train_and_val(cfg)
+        classes = torchvision_sets.class_names(cfg.dataset)
+    if cfg.batch_size > len(train):
+        raise UserError(
+            f"batch_size={cfg.batch_size} is larger than the {len(train)} training images; lower batch_size."
+        )
+    mean, std = cfg.dataset.mean, cfg.dataset.std
+    if mean is None or std is None:
+        mean, std = measured_normalization(train.images)
+    return TrainData(
+        train=Split(train.images.to(device), train.labels.to(device)),
+        val=Split(val.images.to(device), val.labels.to(device)),
+        classes=classes,
+        mean=float(mean),
+        std=float(std),
+        files=files,
     )
+
+
+def _idx_train_and_val(cfg) -> Tuple[Split, Split]:
+    """The training file of a torchvision set (its first data.limit images), split as split_indices draws it."""
+    full = torchvision_sets.load_set(cfg.dataset, cfg.data.root, "train", cfg.data.download)
     images, labels = full.images, full.labels
     if cfg.data.limit is not None:
         images, labels = images[: cfg.data.limit], labels[: cfg.data.limit]
@@ -53,18 +76,18 @@ def load_train_data(cfg, device: torch.device) -> TrainData:
             f"data.val_size={val_size} leaves no training images out of {n}; lower data.val_size"
             + (" or raise data.limit." if cfg.data.limit is not None else ".")
         )
-    if cfg.batch_size > n - val_size:
-        raise UserError(
-            f"batch_size={cfg.batch_size} is larger than the {n - val_size} training images; lower batch_size."
-        )
     val_idx, train_idx = split_indices(n, val_size, cfg.data.split_seed)
-    return TrainData(
-        train=Split(images[train_idx].to(device), labels[train_idx].to(device)),
-        val=Split(images[val_idx].to(device), labels[val_idx].to(device)),
-        classes=list(cfg.dataset.classes),
-        mean=float(cfg.dataset.mean),
-        std=float(cfg.dataset.std),
-    )
+    return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
+
+
+def measured_normalization(images: torch.Tensor) -> Tuple[float, float]:
+    """(mean, std) of uint8 `images` on a 0..1 scale, exactly, from their 256-bin histogram."""
+    counts = torch.bincount(images.reshape(-1).cpu(), minlength=256).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    total = counts.sum()
+    mean = float((counts * levels).sum() / total)
+    std = float(((counts * (levels - mean) ** 2).sum() / total).sqrt())
+    return mean, max(std, 1e-6)  # an all-black training set still divides by something
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:

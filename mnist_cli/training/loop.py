@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_cli import console
+from mnist_cli.datasets import image_folder
 from mnist_cli.errors import RunFailed, UserError
 from mnist_cli.runs import checkpoints, metrics
-from mnist_cli.runs.atomic import atomic_write, copy_atomically, write_json
+from mnist_cli.runs.atomic import atomic_write, copy_atomically, write_csv, write_json
 from mnist_cli.runs.folder import RunFolder, latest_link, point_latest
 from mnist_cli.runs.resume import RunStart
 from mnist_cli.runs.state import RunState, summary_of
@@ -288,6 +289,11 @@ def _train(
     run.facts["resumes"] = start.resumes
     data, model, optimizer, ema, params = run.data, run.model, run.optimizer, run.ema, run.facts["parameters"]
     steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
+    if data.files is not None and main:  # an image folder: resume only on the files the run started with
+        if start.resumed and folder.dataset_files.exists():
+            image_folder.check_unchanged(data.files, folder.dataset_files, cfg.dataset.path, "resume")
+        else:
+            write_csv(folder.dataset_files, data.files.rows, image_folder.FILE_COLUMNS)
 
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:

@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import torch
 from omegaconf import DictConfig
 
+from mnist_cli.datasets import torchvision_sets
 from mnist_cli.runs.state import RunState
 from mnist_cli.training.data import (
     TrainData,
@@ -33,7 +34,17 @@ def start_notes(cfg: DictConfig, data: TrainData) -> List[str]:
             f"threads={cfg.threads} is more than this machine's {cores} cores; the threads take turns, "
             "which is usually slower than threads=null."
         )
-    if not len(data.val) and cfg.data.val_size is None:
+    if data.files is not None and data.files.skipped:
+        notes.append(
+            f"skipped {data.files.skipped} of {len(data.files.rows)} files that are not readable images; "
+            "dataset_files.csv in the run folder lists each with its reason."
+        )
+    if not len(data.val) and data.files is not None and cfg.dataset.val_fraction > 0:
+        notes.append(
+            f"no validation split: dataset.val_fraction={cfg.dataset.val_fraction:g} of each class is no image "
+            "for classes this small; add images, or a val/ folder."
+        )
+    elif not len(data.val) and cfg.data.val_size is None and data.files is None:
         notes.append(
             f"no validation split: data.val_size=null holds out 1/12 of the training images, none of "
             f"{len(data.train)}; set data.val_size, or raise data.limit."
@@ -57,8 +68,10 @@ def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
 def memory_sentence(cfg: DictConfig, device: torch.device) -> str:
     """Why a run that ran out of memory did, with the sizes asked for (the model counted on the meta device,
     which allocates nothing)."""
+    # an image folder's classes are counted as it is read; its output layer is a small part of the count
+    num_classes = 10 if cfg.dataset.name == "folder" else len(torchvision_sets.class_names(cfg.dataset))
     with torch.device("meta"):
-        params = count_parameters(build_model(cfg.model, num_classes=len(cfg.dataset.classes)))
+        params = count_parameters(build_model(cfg.model, num_classes=num_classes))
     return (
         f"{device} ran out of memory: model={cfg.model.name} with these sizes has {params:,} parameters "
         f"({params * 4 / 2**30:,.1f} GiB as float32, more for the optimizer's state) at batch_size={cfg.batch_size}; "

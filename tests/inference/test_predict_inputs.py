@@ -121,7 +121,7 @@ def test_a_16_bit_or_float_image_is_scaled_not_clipped(mode, tmp_path):
     image.save(path)
     reference = tmp_path / "narrow.png"
     Image.fromarray((wide / top * 255).round().astype(np.uint8), "L").save(reference)
-    assert np.array_equal(prepare(path, "mnist"), prepare(reference, "mnist"))  # the same as its 8-bit copy
+    assert np.array_equal(prepare(path, "digit"), prepare(reference, "digit"))  # the same as its 8-bit copy
 
 
 def test_a_file_name_that_is_not_utf8_gets_its_row_written_readably(trained_run, workdir, cli_env, tmp_path):

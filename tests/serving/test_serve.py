@@ -150,7 +150,7 @@ def test_return_image_gives_the_28x28_image_the_model_saw(client, tmp_path):
     (row,) = answer.json()["predictions"]
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["image"]))))
     (tmp_path / "zero.png").write_bytes(drawing(ZERO))
-    assert seen.shape == (28, 28) and np.array_equal(seen, prepare(tmp_path / "zero.png", "mnist"))
+    assert seen.shape == (28, 28) and np.array_equal(seen, prepare(tmp_path / "zero.png", "digit"))
 
 
 def test_the_query_chooses_topk_and_whether_to_return_the_image(client):

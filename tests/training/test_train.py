@@ -181,6 +181,6 @@ def test_help_lists_commands_and_groups_without_importing_torch(workdir, cli_env
         "model: cnn, lenet, mlp",
         "optimizer: adadelta, adagrad, adam, adamw, rmsprop, sgd",
         "scheduler: cosine, none, onecycle, step",
-        "dataset: fashion_mnist, mnist",
+        "dataset: emnist, fashion_mnist, folder, kmnist, mnist, qmnist",
     ):
         assert text in result.stdout, text
