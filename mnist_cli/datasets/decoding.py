@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import time
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -58,7 +59,7 @@ def _read_cache(path: Path, count: int) -> Optional[Tuple[np.ndarray, List[str]]
             if images.shape != (count, 28, 28) or images.dtype != np.uint8 or reasons.shape != (count,):
                 return None
             return images, [str(r) for r in reasons]
-    except (OSError, ValueError, KeyError, EOFError):  # missing, damaged or foreign: decode again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, damaged or foreign: decode again
         return None
 
 
