@@ -154,3 +154,90 @@ def bar_png(path: Path, side: int) -> Path:
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
+
+
+# --- the rest of the MNIST family in torchvision's raw layout (KMNIST, EMNIST, QMNIST) -------------------------
+
+# What each EMNIST split's synthetic glyphs draw, label by label (its classes as EMNIST's mapping files name them;
+# letters: one case drawn per class)
+EMNIST_GLYPHS = {
+    "byclass": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    "bymerge": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt",
+    "balanced": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt",
+    "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "digits": "0123456789",
+    "mnist": "0123456789",
+}
+
+
+def write_idx_int(path: Path, array: np.ndarray, compress: bool) -> None:
+    """An IDX file of big-endian 32-bit integers (magic 0x00000C0N), as QMNIST's labels-idx2-int files."""
+    payload = (
+        struct.pack(">I", 0x0C00 | array.ndim)
+        + b"".join(struct.pack(">I", d) for d in array.shape)
+        + array.astype(">i4").tobytes()
+    )
+    if compress:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def qmnist_labels(classes: np.ndarray, first_index: int = 0) -> np.ndarray:
+    """QMNIST's 8 columns for each class: class, HSF series, writer, digit of the writer, NIST class code,
+    global NIST index, duplicate, unused."""
+    table = np.zeros((len(classes), 8), dtype=np.int32)
+    table[:, 0] = classes
+    table[:, 1] = 4
+    table[:, 2] = 2100 + np.arange(len(classes)) // 100
+    table[:, 3] = np.arange(len(classes)) % 100
+    table[:, 4] = 30 + classes.astype(np.int32)
+    table[:, 5] = first_index + np.arange(len(classes))
+    return table
+
+
+def write_family(root: Path, train_size: int = TRAIN_SIZE, test_size: int = TEST_SIZE) -> dict:
+    """KMNIST (gzipped), every EMNIST split (plain files, images transposed and letters' labels 1-26 as EMNIST
+    stores them) and QMNIST (gzipped, 8-column int32 labels) under root, as torchvision's download lays them out.
+    Returns what a loader should give: {(set, part): (upright uint8 images, labels 0..classes-1)}, set being
+    "KMNIST", "QMNIST" or "EMNIST <split>"."""
+    written = {}
+    # KMNIST's hiragana are drawn as the initials of their readings (o ki su tsu na ha ma ya re wo): Pillow's
+    # default font has no kana
+    sets = [("KMNIST", "OKSTNHMYRW", 11)] + [
+        (f"EMNIST {split}", glyphs, 20 + i) for i, (split, glyphs) in enumerate(EMNIST_GLYPHS.items())
+    ]
+    sets.append(("QMNIST", "0123456789", 30))
+    for name, glyphs, seed in sets:
+        folder = name.split()[0]
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for part, n in (("train", train_size), ("test", test_size)):
+            images, labels = synthetic_glyphs(n, seed if part == "train" else seed + 100, glyphs)
+            written[(name, part)] = (images, labels)
+            if folder == "KMNIST":
+                write_idx(raw / IDX_NAMES[(part, "images")], images, compress=True)
+                write_idx(raw / IDX_NAMES[(part, "labels")], labels, compress=True)
+            elif folder == "EMNIST":
+                split = name.split()[1]
+                prefix = raw / f"emnist-{split}-{part}"
+                write_idx(Path(f"{prefix}-images-idx3-ubyte"), images.transpose(0, 2, 1).copy(), compress=False)
+                stored = labels + 1 if split == "letters" else labels
+                write_idx(Path(f"{prefix}-labels-idx1-ubyte"), stored.astype(np.uint8), compress=False)
+            else:
+                write_idx(raw / f"qmnist-{part}-images-idx3-ubyte", images, compress=True)
+                write_idx_int(raw / f"qmnist-{part}-labels-idx2-int", qmnist_labels(labels), compress=True)
+    return written
+
+
+@pytest.fixture(scope="session")
+def family_data_root(data_root, tmp_path_factory) -> Path:
+    """A data root holding data_root's MNIST and FashionMNIST and write_family's KMNIST, EMNIST and QMNIST."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("family")
+    for folder in ("MNIST", "FashionMNIST"):
+        shutil.copytree(data_root / folder, root / folder)
+    write_family(root)
+    return root

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Tuple
 
+import numpy as np
 import torch
 
 from mnist_cli.errors import UserError
@@ -53,32 +54,51 @@ def idx_bytes(raw: Path, name: str) -> Tuple[Path, bytes]:
     return plain, data
 
 
-def read_idx(raw: Path, name: str, shape: Tuple[int, ...]) -> Tuple[Path, torch.Tensor]:
-    """(the file read, a uint8 tensor) for IDX file `name`, checked against its header and against
-    `shape`, where 0 stands for any positive size (the image or label count)."""
+# IDX's type byte (the magic number's third byte): what each element is, its size, as numpy reads it big-endian
+TYPES = {
+    torch.uint8: (0x08, 1, "unsigned bytes", ">u1"),
+    torch.int32: (0x0C, 4, "32-bit integers", ">i4"),  # QMNIST's extended labels (idx2-int)
+}
+
+
+def read_idx(
+    raw: Path, name: str, shape: Tuple[int, ...], dtype: torch.dtype = torch.uint8
+) -> Tuple[Path, torch.Tensor]:
+    """(the file read, a `dtype` tensor: uint8, or int32 for QMNIST's labels) for IDX file `name`, checked
+    against its header and against `shape`, where 0 stands for any positive size (the image or label count)."""
     path, data = idx_bytes(raw, name)
+    code, size, kind, big_endian = TYPES[dtype]
     what = "images" if len(shape) == 3 else "labels"
     header = 4 + 4 * len(shape)
     if len(data) < header:
         raise UserError(f"{path} is {len(data)} bytes long, too short for an IDX file of {what}; {REPLACE}")
     magic = int.from_bytes(data[:4], "big")
-    if magic != 0x0800 | len(shape):
+    want = code << 8 | len(shape)
+    if magic != want:
         raise UserError(
-            f"{path} starts with 0x{magic:08x}, not the 0x{0x0800 | len(shape):08x} of an IDX file of "
-            f"{len(shape)}-dimensional unsigned bytes ({what}); {REPLACE}"
+            f"{path} starts with 0x{magic:08x}, not the 0x{want:08x} of an IDX file of "
+            f"{len(shape)}-dimensional {kind} ({what}); {REPLACE}"
         )
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(len(shape)))
     if dims[0] == 0:
         raise UserError(f"{path} holds no {what}; {REPLACE}")
     if any(want and got != want for got, want in zip(dims, shape)):
-        size = "×".join(map(str, dims[1:]))
-        raise UserError(
-            f"{path} holds {size} images; mnist-cli reads {IMAGE_SIZE}×{IMAGE_SIZE} images (MNIST's IDX format)."
-        )
-    expected = header + dims[0] * (dims[1] * dims[2] if len(dims) == 3 else 1)
+        if len(shape) == 3:
+            size_text = "×".join(map(str, dims[1:]))
+            raise UserError(
+                f"{path} holds {size_text} images; mnist-cli reads {IMAGE_SIZE}×{IMAGE_SIZE} images (MNIST's IDX format)."
+            )
+        raise UserError(f"{path} holds rows of {dims[1]} labels where {shape[1]} are expected; {REPLACE}")
+    count = 1
+    for dim in dims:
+        count *= dim
+    expected = header + count * size
     if len(data) != expected:
         state = "it is cut short" if len(data) < expected else "it has extra bytes at its end"
         raise UserError(
             f"{path} is {len(data)} bytes long where its header says {expected} ({dims[0]} {what}): {state}; {REPLACE}"
         )
-    return path, torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(dims)
+    if dtype == torch.uint8:
+        return path, torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(dims)
+    values = np.frombuffer(data, dtype=big_endian, offset=header).astype(big_endian[1:])  # to the machine's order
+    return path, torch.from_numpy(values).view(dims)
