@@ -17,6 +17,7 @@ import signal
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -96,16 +97,26 @@ def _decode(paths: List[str], how: str, workers: int) -> Tuple[np.ndarray, List[
                 advance(len(paths[start : start + CHUNK]))
             return images, reasons
         context = multiprocessing.get_context("spawn")  # a fork of a process holding torch's threads may hang
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
-            futures = [pool.submit(prepare_many, paths[start : start + CHUNK], how) for start in starts]
-            try:
-                for start, future in zip(starts, futures):
-                    chunk, why = future.result()
-                    images[start : start + len(chunk)], reasons[start : start + len(chunk)] = chunk, why
-                    advance(len(chunk))
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        done = set()
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+                futures = [pool.submit(prepare_many, paths[start : start + CHUNK], how) for start in starts]
+                try:
+                    for start, future in zip(starts, futures):
+                        chunk, why = future.result()
+                        images[start : start + len(chunk)], reasons[start : start + len(chunk)] = chunk, why
+                        done.add(start)
+                        advance(len(chunk))
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        except BrokenProcessPool as error:  # a process killed (out of memory?) or unable to start
+            console.say(f"note: a decoding process stopped ({error}); decoding the rest in this process")
+            for start in (s for s in starts if s not in done):
+                images[start : start + CHUNK], reasons[start : start + CHUNK] = prepare_many(
+                    paths[start : start + CHUNK], how
+                )
+                advance(len(paths[start : start + CHUNK]))
     return images, reasons
 
 

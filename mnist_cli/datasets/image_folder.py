@@ -15,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,16 +47,35 @@ class Listing:
 
 @dataclass
 class FolderData:
-    """The decoded folder: a Split per part (test may be empty), the class names, one row per file."""
+    """The decoded folder: a Split per part (test may be empty), the class names, and each file's part and
+    reason for being skipped ("" for an image), from which dataset_files.csv is written."""
 
     splits: Dict[str, Split]
     classes: List[str]
-    rows: List[Dict]  # FILE_COLUMNS: what dataset_files.csv holds
-    folders: List[str]  # the part folders found (Listing.folders)
+    listing: Listing
+    part_of: List[str]  # per file: train | val | test, "" for a skipped file (and one data.limit left out)
+    reasons: List[str]
+
+    @property
+    def folders(self) -> List[str]:
+        return self.listing.folders
 
     @property
     def skipped(self) -> int:
-        return sum(1 for row in self.rows if row["skipped"])
+        return sum(1 for reason in self.reasons if reason)
+
+    def rows(self) -> Iterator[Dict]:
+        """FILE_COLUMNS for each file, in order: what dataset_files.csv holds (names written readably)."""
+        listing = self.listing
+        for i, name in enumerate(listing.files):
+            yield {
+                "split": self.part_of[i],
+                "class": printable(listing.classes[listing.labels[i]]),
+                "file": printable(name),
+                "bytes": listing.sizes[i],
+                "mtime_ns": listing.mtimes[i],
+                "skipped": self.reasons[i],
+            }
 
 
 def _visible(name: str) -> bool:
@@ -72,31 +91,33 @@ def _subfolders(folder: Path) -> List[str]:
         raise UserError(f"Could not read the folder {printable(str(folder))} ({error.strerror or error}).") from None
 
 
-def _walk(listing: Listing, folder: Path, part: str, label: int, above: Tuple[Tuple[int, int], ...]) -> None:
+def _walk(listing: Listing, folder: str, part: str, label: int, above: Tuple[Tuple[int, int], ...]) -> None:
     """Add every visible file below `folder` to `listing`; `above`: the (device, inode) of the folders
-    this one is inside, so a link back up is a loop and refused rather than followed forever."""
+    this one is inside, so a link back up is a loop and refused rather than followed forever.
+    Plain strings, not Paths: a folder of a million files is walked in seconds."""
     try:
         here = os.stat(folder)
         with os.scandir(folder) as scanned:
             entries = sorted((e for e in scanned if _visible(e.name)), key=lambda e: e.name)
     except OSError as error:
-        raise UserError(f"Could not read the folder {printable(str(folder))} ({error.strerror or error}).") from None
+        raise UserError(f"Could not read the folder {printable(folder)} ({error.strerror or error}).") from None
     inside = (*above, (here.st_dev, here.st_ino))
+    skip = len(str(listing.root)) + 1
     for entry in entries:
-        path = Path(entry.path)
         try:
             info = entry.stat()  # follows links; a broken link raises and is a skipped file below
-            is_dir = stat.S_ISDIR(info.st_mode)
         except OSError:
-            info, is_dir = None, False
-        if is_dir:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
             if (info.st_dev, info.st_ino) in inside:
-                raise UserError(f"{printable(str(path))} is a link to a folder it is inside (a loop); remove the link.")
-            _walk(listing, path, part, label, inside)
+                raise UserError(
+                    f"{printable(entry.path)} is a link to a folder it is inside (a loop); remove the link."
+                )
+            _walk(listing, entry.path, part, label, inside)
             continue
         if info is not None and not stat.S_ISREG(info.st_mode):
             continue  # a FIFO, socket or device is no image file: never opened (a FIFO would block)
-        listing.files.append(str(path.relative_to(listing.root)))
+        listing.files.append(entry.path[skip:])
         listing.labels.append(label)
         listing.parts.append(part)
         listing.sizes.append(info.st_size if info else -1)
@@ -139,7 +160,9 @@ def scan(root: Path) -> Listing:
     for part in folders or [""]:
         for label, name in enumerate(classes):
             before = len(listing.files)
-            _walk(listing, root / part / name if part else root / name, part, label, ())
+            _walk(
+                listing, os.path.join(str(root), part, name) if part else os.path.join(str(root), name), part, label, ()
+            )
             if len(listing.files) == before:
                 folder = f"{shown}/{part}/{name}" if part else f"{shown}/{name}"
                 raise UserError(f"{printable(folder)} holds no image files; add some or remove the folder.")
@@ -200,35 +223,31 @@ def load(cfg) -> FolderData:
     for label in set(range(len(listing.classes))) - set(labels[good].tolist()):
         raise UserError(f"class {printable(listing.classes[label])} of {printable(ds.path)} has no readable images.")
     assigned = _assign(listing, good, cfg)
-    part_of = np.full(total, "", dtype=object)
+    part_of = [""] * total
     for name, numbers in assigned.items():
-        part_of[numbers] = name
-    rows = [
-        {
-            "split": part_of[i],
-            "class": printable(listing.classes[listing.labels[i]]),
-            "file": printable(listing.files[i]),
-            "bytes": listing.sizes[i],
-            "mtime_ns": listing.mtimes[i],
-            "skipped": reasons[i],
-        }
-        for i in range(total)
-    ]
+        for i in numbers.tolist():
+            part_of[i] = name
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
     splits = {name: Split(images_t[numbers], labels_t[numbers]) for name, numbers in assigned.items()}
-    return FolderData(splits, [printable(c) for c in listing.classes], rows, listing.folders)
+    return FolderData(splits, [printable(c) for c in listing.classes], listing, part_of, reasons)
 
 
-def changes(rows: List[Dict], stored: List[Dict]) -> Optional[str]:
-    """What changed between the files a run trained on (`stored`: its dataset_files.csv) and the folder now
-    (`rows`), as one clause; None when nothing did."""
-    now = {r["file"]: (str(r["bytes"]), str(r["mtime_ns"])) for r in rows}
-    then = {r["file"]: (str(r["bytes"]), str(r["mtime_ns"])) for r in stored}
-    added = sorted(set(now) - set(then))
-    removed = sorted(set(then) - set(now))
-    modified = sorted(f for f in set(now) & set(then) if now[f] != then[f])
+def changes(data: FolderData, stored: Iterable[Dict]) -> Optional[str]:
+    """What changed between the files a run trained on (`stored`: the rows of its dataset_files.csv) and the
+    folder now, as one clause; None when nothing did."""
+    listing = data.listing
+    now = {printable(f): (str(b), str(m)) for f, b, m in zip(listing.files, listing.sizes, listing.mtimes)}
+    removed, modified, seen = [], [], set()
+    for row in stored:
+        name = row["file"]
+        seen.add(name)
+        if name not in now:
+            removed.append(name)
+        elif now[name] != (row["bytes"], row["mtime_ns"]):
+            modified.append(name)
+    added = [name for name in now if name not in seen]
     said = [
-        f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        f"{len(names)} {what} ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''})"
         for names, what in ((added, "added"), (removed, "removed"), (modified, "changed"))
         if names
     ]
@@ -240,14 +259,13 @@ def check_unchanged(data: FolderData, stored: Path, path: str, doing: str) -> No
     dataset_files.csv), naming what changed; `doing` says what cannot go on ("resume", "evaluate")."""
     try:
         with open(stored, newline="", encoding="utf-8") as file:
-            then = list(csv.DictReader(file))
+            changed = changes(data, csv.DictReader(file))
     except FileNotFoundError:
         raise UserError(
             f"{stored} is missing: the run's list of its files; without it cannot {doing} safely."
         ) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"Could not read {stored} ({error}).") from None
-    changed = changes(data.rows, then)
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as error:
+        raise UserError(f"Could not read {stored} ({error}); without it cannot {doing} safely.") from None
     if changed:
         raise UserError(
             f"{printable(path)} changed since the run trained on it: {changed}; cannot {doing} on other images "

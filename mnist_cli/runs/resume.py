@@ -37,6 +37,8 @@ CHANGEABLE = (
     "threads",
     "eval_batch_size",
     "checkpoint.every_n_steps",
+    "dataset.workers",
+    "dataset.cache",
     "outputs_dir",
     "resume",
 )

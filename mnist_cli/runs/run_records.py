@@ -26,6 +26,8 @@ NOT_THE_EXPERIMENT = (
     "resume",
     "logger",
     "optimized_metric",
+    "dataset.workers",  # an image folder's decoding processes and cache: the same images either way
+    "dataset.cache",
 )
 
 

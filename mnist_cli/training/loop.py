@@ -293,7 +293,7 @@ def _train(
         if start.resumed and folder.dataset_files.exists():
             image_folder.check_unchanged(data.files, folder.dataset_files, cfg.dataset.path, "resume")
         else:
-            write_csv(folder.dataset_files, data.files.rows, image_folder.FILE_COLUMNS)
+            write_csv(folder.dataset_files, data.files.rows(), image_folder.FILE_COLUMNS)
 
     table = console.layer_table(layer_summary(model), params, title=f"{cfg.model.name} on {cfg.dataset.name}")
     if main:

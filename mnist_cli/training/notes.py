@@ -36,7 +36,7 @@ def start_notes(cfg: DictConfig, data: TrainData) -> List[str]:
         )
     if data.files is not None and data.files.skipped:
         notes.append(
-            f"skipped {data.files.skipped} of {len(data.files.rows)} files that are not readable images; "
+            f"skipped {data.files.skipped} of {len(data.files.reasons)} files that are not readable images; "
             "dataset_files.csv in the run folder lists each with its reason."
         )
     if not len(data.val) and data.files is not None and cfg.dataset.val_fraction > 0:

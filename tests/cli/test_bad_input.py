@@ -26,6 +26,22 @@ CONFIG_MISTAKES = {
     "zero epochs": ("train", ["epochs=0"], "epochs must be at least 1"),
     "threads beyond what OpenMP can start": ("train", ["threads=40000"], "threads must be null or from 1 to 1024"),
     "zero batch size": ("train", ["batch_size=0"], "batch_size must be at least 1"),
+    "a folder dataset without its path": ("train", ["dataset=folder"], "dataset=folder needs dataset.path=DIR"),
+    "fractions that leave no training images": (
+        "train",
+        ["dataset=folder", "dataset.path=x", "dataset.val_fraction=0.5", "dataset.test_fraction=0.5"],
+        "dataset.test_fraction must be less than 1 - dataset.val_fraction",
+    ),
+    "val_size for an image folder": (
+        "train",
+        ["dataset=folder", "dataset.path=x", "data.val_size=100"],
+        "data.val_size must be null for an image folder",
+    ),
+    "an unknown preparation": (
+        "train",
+        ["dataset.prepare=crop"],
+        "dataset.prepare must be one of digit, object, resize",
+    ),
     "negative val_size": ("train", ["data.val_size=-1"], "data.val_size must be null"),
     "dropout out of range": ("train", ["model=mlp", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     "rmsprop alpha 1": ("train", ["optimizer=rmsprop", "optimizer.alpha=1"], "optimizer.alpha must be in [0, 1)"),

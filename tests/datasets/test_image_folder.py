@@ -80,7 +80,7 @@ def test_a_link_back_up_the_tree_is_refused_and_hidden_and_system_files_are_igno
     for name in (".DS_Store", "Thumbs.db", "desktop.ini", "._0000.png"):
         (root / "null" / name).write_bytes(b"\0junk")
     data = image_folder.load(folder_cfg(root))
-    assert len(data.rows) == 16 and not data.skipped  # none of the four is a row, let alone a skipped one
+    assert len(list(data.rows())) == 16 and not data.skipped  # none of the four is a row, let alone a skipped one
     (root / "eins" / "deeper").mkdir()
     (root / "eins" / "deeper" / "up").symlink_to(root / "eins")
     with pytest.raises(UserError, match=r"eins/deeper/up is a link to a folder it is inside \(a loop\); remove"):
@@ -95,7 +95,7 @@ def test_a_name_that_is_not_utf8_is_an_image_and_a_class_written_readably(tmp_pa
     os.rename(root / "zwölf", os.fsdecode(os.fsencode(root) + b"/f\xfcnf"))
     data = image_folder.load(folder_cfg(root))
     assert data.classes == ["f\\xfcnf", "null"] and not data.skipped
-    assert "null/caf\\xe9.png" in [r["file"] for r in data.rows]
+    assert "null/caf\\xe9.png" in [r["file"] for r in list(data.rows())]
 
 
 # ---- the split --------------------------------------------------------------------------------------
@@ -107,14 +107,14 @@ def test_a_folder_of_classes_is_split_per_class_by_its_fractions_and_seed(tmp_pa
     data = image_folder.load(folder_cfg(root, "dataset.val_fraction=0.2", "dataset.test_fraction=0.1"))
     for part, per_class in (("train", 14), ("val", 4), ("test", 2)):
         assert torch.bincount(data.splits[part].labels).tolist() == [per_class] * 4, part
-    files = [r["file"] for r in data.rows]
-    assert len(set(files)) == 80 and {r["split"] for r in data.rows} == {"train", "val", "test"}
+    files = [r["file"] for r in list(data.rows())]
+    assert len(set(files)) == 80 and {r["split"] for r in list(data.rows())} == {"train", "val", "test"}
     again = image_folder.load(folder_cfg(root, "dataset.val_fraction=0.2", "dataset.test_fraction=0.1"))
     other = image_folder.load(
         folder_cfg(root, "dataset.val_fraction=0.2", "dataset.test_fraction=0.1", "data.split_seed=1")
     )
-    assert [r["split"] for r in again.rows] == [r["split"] for r in data.rows]
-    assert [r["split"] for r in other.rows] != [r["split"] for r in data.rows]
+    assert [r["split"] for r in list(again.rows())] == [r["split"] for r in list(data.rows())]
+    assert [r["split"] for r in list(other.rows())] != [r["split"] for r in list(data.rows())]
 
 
 def test_train_val_and_test_folders_are_the_splits_and_val_is_drawn_from_train_without_one(tmp_path):
@@ -122,7 +122,7 @@ def test_train_val_and_test_folders_are_the_splits_and_val_is_drawn_from_train_w
     write_image_folder(root, 10, parts=("train", "val", "test"))
     data = image_folder.load(folder_cfg(root))
     assert {p: len(data.splits[p]) for p in ("train", "val", "test")} == {"train": 40, "val": 40, "test": 40}
-    assert all(r["file"].startswith(r["split"] + "/") for r in data.rows)
+    assert all(r["file"].startswith(r["split"] + "/") for r in list(data.rows()))
     shutil.rmtree(root / "val")
     data = image_folder.load(folder_cfg(root, "dataset.val_fraction=0.2"))
     assert {p: len(data.splits[p]) for p in ("train", "val", "test")} == {"train": 32, "val": 8, "test": 40}
@@ -134,7 +134,7 @@ def test_resize_keeps_a_28x28_grey_image_exactly(tmp_path):
     data = image_folder.load(
         folder_cfg(root, "dataset.prepare=resize", "dataset.val_fraction=0", "dataset.test_fraction=0")
     )
-    written = np.stack([np.asarray(Image.open(root / r["file"])) for r in data.rows])
+    written = np.stack([np.asarray(Image.open(root / r["file"])) for r in list(data.rows())])
     assert np.array_equal(data.splits["train"].images.numpy(), written)
 
 
