@@ -157,6 +157,12 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def cli_env(cli_env, family_data_root) -> dict:
+    """conftest's environment, its data root also holding KMNIST, EMNIST and QMNIST (docs/datasets.md's lines)."""
+    return dict(cli_env, MNIST_DATA_ROOT=str(family_data_root))
+
+
+@pytest.fixture(scope="module")
 def trained_run(workdir, cli_env) -> Path:
     """The run the pages' run folder names; also `latest` until a page's line trains."""
     result = run_mnist("train", *TRAINED, cwd=workdir, env=cli_env)
