@@ -25,7 +25,7 @@ COMMANDS = {
 
 USAGE = f"""usage: mnist <command> [KEY=VALUE ...] [-m] [--cfg job] [--help]
 
-Train, evaluate and run small image classifiers on MNIST and FashionMNIST.
+Train, evaluate and run small image classifiers on MNIST, FashionMNIST, the MNIST family and your own image folders.
 
 commands:
 {chr(10).join(f"  {name:<8} {text}" for name, text in COMMANDS.items())}
@@ -40,7 +40,8 @@ examples:
   mnist report outputs/multirun/2026-11-23/10-20-11-x9f2
   mnist serve run=latest                        # http://127.0.0.1:8000/: draw a digit
 
-data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, FashionMNIST/raw/)
+data: data.root=PATH or MNIST_DATA_ROOT=PATH (a folder holding MNIST/raw/, FashionMNIST/raw/, ...);
+      your own images: dataset=folder dataset.path=DIR (one folder per class)
 """
 
 

@@ -54,7 +54,8 @@ class WithPreprocessing(torch.nn.Module):
 
 def metadata(trained: Trained) -> Dict[str, str]:
     return {
-        "mnist_cli.input": "float32 images in 0..1, shape (N, 1, 28, 28), white ink on black",
+        "mnist_cli.input": "float32 images in 0..1, shape (N, 1, 28, 28), made from image files as mnist_cli.prepare says",
+        "mnist_cli.prepare": trained.config.dataset.prepare,  # digit, object (white ink on black) or resize
         "mnist_cli.output": "logits, shape (N, classes)",
         "mnist_cli.classes": json.dumps(trained.classes),
         "mnist_cli.normalization": json.dumps({"mean": trained.mean, "std": trained.std}),
