@@ -27,6 +27,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import yaml
+from image_folders import write_image_folder
 from PIL import Image
 
 from conftest import MNIST_COMMAND, run_mnist, start_mnist, synthetic_glyphs
@@ -193,7 +194,8 @@ def save_glyph(image: np.ndarray, path: Path, size: int, light_background: bool 
 
 @pytest.fixture(scope="module")
 def readme_files(workdir, trained_run) -> Path:
-    """path/to/any.pt, path/to/best.pt, digit.png, a.png and photos/ (one image in a subfolder) in workdir."""
+    """path/to/any.pt, path/to/best.pt, digit.png, a.png, photos/ (one image in a subfolder) and scans/ (an
+    image folder) in workdir."""
     for name in ("any.pt", "best.pt"):
         (workdir / "path" / "to").mkdir(parents=True, exist_ok=True)
         shutil.copy(trained_run / "checkpoints" / "best.pt", workdir / "path" / "to" / name)
@@ -202,6 +204,7 @@ def readme_files(workdir, trained_run) -> Path:
     save_glyph(images[1], workdir / "a.png", 120, light_background=True)  # dark ink on white, as on paper
     save_glyph(images[2], workdir / "photos" / "one.png", 64, mode="RGB")
     save_glyph(images[3], workdir / "photos" / "more" / "two.jpg", 90, light_background=True, mode="RGB")
+    write_image_folder(workdir / "scans", 50)  # dataset.path=scans: four class folders of 50 scans
     return workdir
 
 
@@ -242,7 +245,9 @@ def tiny_train(line: str, args: List[str], workdir: Path) -> List[str]:
         args = [",".join(a.split(",")[:2]) if "=" in a and "[" not in a and "(" not in a else a for a in args]
     if value(args, "hparams_search") == "optuna":
         args = with_value(args, "hydra.sweeper.n_trials", "2")  # 20 or 5 trials cut to 2: the same machinery
-    if value(args, "data.limit") is None:  # a line giving its own data.limit runs as the page has it
+    if value(args, "dataset") == "folder":  # the pages' folder is small already; data.val_size is refused there
+        pass
+    elif value(args, "data.limit") is None:  # a line giving its own data.limit runs as the page has it
         batch = int(value(args, "batch_size") or 0)
         batch = 512 if line in NEEDS_CUDA else batch  # the GPU preset's batch
         # 260 training images: one batch of the optuna search's largest batch_size (256)
