@@ -203,3 +203,13 @@ def test_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "== Config groups" in result.stdout and "channels:" in result.stdout
+
+
+def test_the_dataset_names_the_checks_take_are_those_the_readers_know():
+    from mnist_cli.config import schema
+    from mnist_cli.datasets import images, torchvision_sets
+
+    assert set(schema.EMNIST_SPLITS) == set(torchvision_sets.EMNIST_SPLITS) == set(torchvision_sets.EMNIST_CLASSES)
+    assert set(schema.PREPARATIONS) == set(images.RECIPES)
+    for part in schema.QMNIST_TEST_PARTS:
+        assert torchvision_sets._qmnist_layout(part).test_rows is not None
