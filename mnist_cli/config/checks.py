@@ -116,6 +116,7 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
     need(bool(_DEVICE.match(cfg.device)), "device", _DEVICES)
     if command == "eval":
         need(cfg.min_accuracy is None or 0 <= cfg.min_accuracy <= 1, "min_accuracy", "a fraction in [0, 1]")
+        need(cfg.max_ece is None or 0 <= cfg.max_ece <= 1, "max_ece", "a fraction in [0, 1]")
     if command == "predict":
         if not cfg.inputs and not cfg.indices:
             raise UserError("predict needs inputs=[file.png,folder/] or indices=[0,1,2].")

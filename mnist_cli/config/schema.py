@@ -251,6 +251,8 @@ class UseRunConfig:
 @dataclass
 class EvalConfig(UseRunConfig):
     min_accuracy: Optional[float] = MISSING
+    max_ece: Optional[float] = MISSING  # exit 1 when the expected calibration error is above it
+    calibrate: bool = MISSING  # fit a temperature on the validation split and store it in the run
 
 
 @dataclass

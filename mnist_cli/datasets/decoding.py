@@ -14,6 +14,7 @@ import io
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -78,6 +79,11 @@ def _write_cache(path: Path, images: np.ndarray, reasons: List[str]) -> None:
         pass  # the next start decodes again
 
 
+def _tell(message: str) -> None:
+    """A line about decoding, on stderr: eval and predict may be printing one JSON document on stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _quiet_worker() -> None:
     """A decoding process leaves Ctrl-C to the command, which stops the pool and says one sentence."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -111,7 +117,7 @@ def _decode(paths: List[str], how: str, workers: int) -> Tuple[np.ndarray, List[
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
         except BrokenProcessPool as error:  # a process killed (out of memory?) or unable to start
-            console.say(f"note: a decoding process stopped ({error}); decoding the rest in this process")
+            _tell(f"note: a decoding process stopped ({error}); decoding the rest in this process")
             for start in (s for s in starts if s not in done):
                 images[start : start + CHUNK], reasons[start : start + CHUNK] = prepare_many(
                     paths[start : start + CHUNK], how
@@ -130,11 +136,11 @@ def decoded(listing, how: str, cache: bool, workers: Optional[int]) -> Tuple[np.
     workers = max(1, min(workers or cores(), cores() * 4))
     count = len(listing.files)
     if count >= IN_PROCESS_BELOW:
-        console.say(f"decoding {count:,} images of {listing.root} on {workers} processes")
+        _tell(f"decoding {count:,} images of {listing.root} on {workers} processes")
     started = time.perf_counter()
     images, reasons = _decode([str(listing.root / name) for name in listing.files], how, workers)
     if count >= IN_PROCESS_BELOW:
-        console.say(f"decoded {count:,} images in {time.perf_counter() - started:.1f} s")
+        _tell(f"decoded {count:,} images in {time.perf_counter() - started:.1f} s")
     if path is not None:
         _write_cache(path, images, reasons)
     return images, reasons

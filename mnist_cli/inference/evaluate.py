@@ -1,7 +1,9 @@
-"""`mnist eval`: a checkpoint's loss, accuracy, per-class metrics and confusion matrix on a split.
+"""`mnist eval`: a checkpoint's loss, accuracy, per-class metrics, confusion matrix and calibration on a split.
 
-Writes <run>/eval/<split>.json, <split>_confusion.png and <split>_errors.png; exits 1 when
-accuracy is below min_accuracy (the CI gate).
+Writes <run>/eval/<split>.json, <split>_confusion.png, <split>_errors.png and <split>_calibration.png; exits 1
+when accuracy is below min_accuracy or the expected calibration error above max_ece (the CI gates).
+With calibrate=true it first fits a temperature on the run's validation split (calibration.py) and stores it
+in <run>/calibration.json, which eval, predict, serve and export then apply.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 from mnist_cli import console
-from mnist_cli.errors import WriteFailed
+from mnist_cli.errors import UserError, WriteFailed
+from mnist_cli.inference.calibration import calibration_report, fit_temperature
 from mnist_cli.inference.predictions import load_split, precision, predict_logits
 from mnist_cli.runs import figures
 from mnist_cli.runs.atomic import write_json
@@ -60,7 +63,13 @@ def show_report(report: Dict) -> None:
     console.console.print(  # soft_wrap: the checkpoint's path stays on one line
         f"[bold]{report['dataset']} {report['split']}[/bold] ({report['samples']} images), "
         f"{report['model']} from {escape(report['checkpoint'])}{autocast}\n"
-        f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}",
+        f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}  "
+        f"ECE {report['calibration']['ece']:.2%}"
+        + (
+            f" (temperature {report['calibration']['temperature']:.3g})"
+            if report["calibration"]["temperature"] != 1
+            else ""
+        ),
         soft_wrap=True,
     )
     per_class = Table(title="per class", title_justify="left")
@@ -87,7 +96,9 @@ def evaluate_command(cfg: DictConfig) -> int:
     """Run `mnist eval`; returns the exit code (1 when below min_accuracy)."""
     device = resolve_device(cfg.device)
     trained = load_trained(cfg.run, cfg.outputs_dir, device)
-    split = load_split(trained, cfg, device)
+    split = load_split(trained, cfg, device)  # first: a split the run lacks is refused before anything is stored
+    if cfg.calibrate:
+        trained.temperature = calibrate(trained, cfg, device)
     logits = predict_logits(trained, split.images, cfg.batch_size)
     report = {
         "run": str(trained.run_dir),
@@ -99,9 +110,13 @@ def evaluate_command(cfg: DictConfig) -> int:
         "precision": precision(trained),  # as the run trained and validated: bf16 runs are evaluated in bf16 autocast
         "classes": trained.classes,
         **classification_report(logits, split.labels, trained.classes),
+        "calibration": {"temperature": trained.temperature, **calibration_report(logits, split.labels)},
     }
-    passed = cfg.min_accuracy is None or report["accuracy"] >= cfg.min_accuracy
+    accurate = cfg.min_accuracy is None or report["accuracy"] >= cfg.min_accuracy
+    honest = cfg.max_ece is None or report["calibration"]["ece"] <= cfg.max_ece
+    passed = accurate and honest
     report["min_accuracy"] = cfg.min_accuracy
+    report["max_ece"] = cfg.max_ece
     report["passed"] = passed
 
     out = RunFolder(trained.run_dir).eval
@@ -112,14 +127,49 @@ def evaluate_command(cfg: DictConfig) -> int:
         show_report(report)
         if unwritten is None:
             console.say(
-                f"wrote {out / (cfg.split + '.json')} and the confusion / errors pictures"
+                f"wrote {out / (cfg.split + '.json')} and the confusion / errors / calibration pictures"
             )  # say: a path is never wrapped
     if unwritten is not None:  # the result above stands (and the gate below still counts): only the files are missing
         print(f"warning: {unwritten} The result above is printed, not saved.", file=sys.stderr)
-    if not passed:
+    if not accurate:
         print(f"accuracy {report['accuracy']:.4f} is below min_accuracy {cfg.min_accuracy}", file=sys.stderr)
-        return 1
-    return 0
+    if not honest:
+        print(
+            f"expected calibration error {report['calibration']['ece']:.4f} is above max_ece {cfg.max_ece}",
+            file=sys.stderr,
+        )
+    return 0 if passed else 1
+
+
+def calibrate(trained, cfg: DictConfig, device) -> float:
+    """Fit the temperature on the run's validation split, store it in <run>/calibration.json with the
+    validation NLL and ECE before and after, say so, and return it."""
+    val = load_split(trained, OmegaConf.merge(cfg, {"split": "val"}), device)
+    raw = predict_logits(trained, val.images, cfg.batch_size, calibrated=False)
+    temperature = fit_temperature(raw, val.labels)
+    before, after = calibration_report(raw, val.labels), calibration_report(raw / temperature, val.labels)
+    record = {
+        "temperature": temperature,
+        "fitted_on": "val",
+        "samples": len(val),
+        "checkpoint": str(trained.checkpoint_path.resolve()),
+        "before": {"nll": before["nll"], "ece": before["ece"]},
+        "after": {"nll": after["nll"], "ece": after["ece"]},
+    }
+    path = RunFolder(trained.run_dir).calibration
+    try:
+        write_json(path, record)
+    except WriteFailed as error:
+        raise UserError(str(error)) from None
+    said = (
+        f"temperature {temperature:.4g} fitted on {len(val)} validation images: NLL {before['nll']:.4f} -> "
+        f"{after['nll']:.4f}, ECE {before['ece']:.2%} -> {after['ece']:.2%}; stored in {path}"
+    )
+    if cfg.format == "json":  # stdout holds the one JSON document
+        print(said, file=sys.stderr)
+    else:
+        console.say(said)
+    return temperature
 
 
 def write_evaluation(out: Path, report: Dict, split, logits: torch.Tensor, trained) -> Optional[str]:
@@ -131,6 +181,7 @@ def write_evaluation(out: Path, report: Dict, split, logits: torch.Tensor, train
         pictures = {
             "confusion": figures.confusion_png(out / f"{name}_confusion.png", report),
             "errors": figures.errors_png(out / f"{name}_errors.png", split, logits, trained.classes),
+            "calibration": figures.calibration_png(out / f"{name}_calibration.png", report),
         }
         report["files"] = {key: str(path) for key, path in pictures.items()}
         write_json(out / f"{name}.json", report)

@@ -42,14 +42,15 @@ CHECK_BATCHES = (1, 8)  # the round trip is checked on random batches of these s
 class WithPreprocessing(torch.nn.Module):
     """The classifier with its normalisation: images in 0..1 -> logits."""
 
-    def __init__(self, model: torch.nn.Module, mean: float, std: float) -> None:
+    def __init__(self, model: torch.nn.Module, mean: float, std: float, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
+        self.register_buffer("temperature", torch.tensor(temperature))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return self.model((images - self.mean) / self.std) / self.temperature
 
 
 def metadata(trained: Trained) -> Dict[str, str]:
@@ -59,6 +60,7 @@ def metadata(trained: Trained) -> Dict[str, str]:
         "mnist_cli.output": "logits, shape (N, classes)",
         "mnist_cli.classes": json.dumps(trained.classes),
         "mnist_cli.normalization": json.dumps({"mean": trained.mean, "std": trained.std}),
+        "mnist_cli.temperature": json.dumps(trained.temperature),  # the logits are divided by it (1: not calibrated)
         "mnist_cli.dataset": trained.config.dataset.name,
         "mnist_cli.model": trained.config.model.name,
         "mnist_cli.checkpoint": str(trained.checkpoint_path),
@@ -180,7 +182,7 @@ def export_command(cfg: DictConfig) -> int:
     """Run `mnist export`; returns the exit code."""
     trained = load_trained(cfg.run, cfg.outputs_dir, torch.device("cpu"))
     target = output_path(cfg, trained)  # before exporting: a refused path costs no work
-    wrapped = WithPreprocessing(trained.model, trained.mean, trained.std).eval()
+    wrapped = WithPreprocessing(trained.model, trained.mean, trained.std, trained.temperature).eval()
     example = torch.rand(2, 1, 28, 28)
     data = EXPORTERS[cfg.format](wrapped, example, metadata(trained))
     difference = round_trip_difference(cfg.format, data, wrapped)

@@ -76,15 +76,16 @@ def precision(trained: Trained) -> str:
 
 
 @torch.no_grad()
-def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict_logits(trained: Trained, images: torch.Tensor, batch_size: int, calibrated: bool = True) -> torch.Tensor:
     """Logits (N, classes) for uint8 images (N, 28, 28) already on the model's device, computed in the
-    run's precision (bf16 autocast, as training validated), so `mnist eval split=val` is training's number."""
+    run's precision (bf16 autocast, as training validated), so `mnist eval split=val` is training's number;
+    divided by the run's temperature (calibration.json) unless `calibrated` is false."""
     with autocast(images.device, precision(trained)):
         chunks = [
             trained.model(normalize(images[i : i + batch_size], trained.mean, trained.std))
             for i in range(0, len(images), batch_size)
         ]
-    return torch.cat(chunks).float()
+    return torch.cat(chunks).float() / (trained.temperature if calibrated else 1.0)
 
 
 def probabilities(

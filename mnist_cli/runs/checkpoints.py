@@ -10,6 +10,8 @@ upgrade() brings them to today's, and every reader gets that.
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import platform
 from dataclasses import dataclass
@@ -167,6 +169,7 @@ class Trained:
     checkpoint_path: Path
     run_dir: Path
     checkpoint: Dict[str, Any]
+    temperature: float = 1.0  # the logits are divided by it: the run's calibration.json, else 1
 
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:
@@ -219,6 +222,35 @@ def load_trained(run: str, outputs_dir: str, device: torch.device) -> Trained:
         raise UserError(f"{path}: the weights do not fit the {config.model.name} model its config describes.") from None
     model = for_inference(model, config).to(device).eval()
     norm = checkpoint["normalization"]
+    run_dir = run_dir_of(path)
     return Trained(
-        model, config, list(checkpoint["classes"]), norm["mean"], norm["std"], path, run_dir_of(path), checkpoint
+        model,
+        config,
+        list(checkpoint["classes"]),
+        norm["mean"],
+        norm["std"],
+        path,
+        run_dir,
+        checkpoint,
+        stored_temperature(RunFolder(run_dir).calibration),
     )
+
+
+def stored_temperature(path: Path) -> float:
+    """The temperature a run's calibration.json holds; 1 without one. A file that is not a positive finite
+    temperature is refused: confidences scaled by a wrong number would look right."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 1.0
+    except OSError as error:
+        raise UserError(f"Could not read {path} ({error.strerror or error}).") from None
+    try:
+        temperature = float(json.loads(text)["temperature"])
+    except (ValueError, KeyError, TypeError):
+        temperature = float("nan")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(
+            f"{path} holds no positive temperature; delete it, or fit it again with mnist eval calibrate=true."
+        )
+    return temperature

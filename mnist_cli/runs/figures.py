@@ -55,6 +55,51 @@ def confusion_png(path: Path, report: Dict) -> Path:
     return _save(fig, path)
 
 
+def calibration_png(path: Path, report: Dict) -> Path:
+    """A reliability diagram of report["calibration"]: accuracy against confidence per bin, the diagonal
+    (honest confidence), and how many predictions each bin holds."""
+    plt = _pyplot()
+    rows = report["calibration"]["reliability"]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
+    )
+    width = rows[0]["upper"] - rows[0]["lower"]
+    filled = [r for r in rows if r["count"]]
+    top.bar(
+        [r["lower"] for r in filled],
+        [r["accuracy"] for r in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        label="accuracy",
+    )
+    top.bar(
+        [r["lower"] for r in filled],
+        [r["confidence"] - r["accuracy"] for r in filled],
+        width=width,
+        bottom=[r["accuracy"] for r in filled],
+        align="edge",
+        color="tab:red",
+        alpha=0.35,
+        label="gap to confidence",
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left")
+    calibration = report["calibration"]
+    top.set_title(
+        f"{report['dataset']} {report['split']}: ECE {calibration['ece']:.2%}, NLL {calibration['nll']:.4f}"
+        + (f", T={calibration['temperature']:.3g}" if calibration.get("temperature") else "")
+    )
+    bottom.bar([r["lower"] for r in rows], [r["count"] for r in rows], width=width, align="edge", color="grey")
+    bottom.set_yscale("symlog")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("predictions")
+    bottom.set_xlim(0, 1)
+    return _save(fig, path)
+
+
 def image_grid_png(path: Path, images: Sequence, titles: List[str], columns: int = 8, limit: int = 100) -> Path:
     """The first `limit` uint8 28x28 images in a grid, each under its title, with a line saying how many
     were left out; returns `path`. One imshow of a mosaic: a subplot per image took 67 s for 2,000."""

@@ -5,7 +5,7 @@
   train.log  model.txt  metrics.jsonl  metrics.csv  summary.json  loggers.json
   dataset_files.csv                    (dataset=folder: its files, split and skipped ones)
   checkpoints/last.pt  checkpoints/best.pt
-  eval/<split>.json (mnist eval)  tb/ (TensorBoard)
+  eval/<split>.json (mnist eval)  calibration.json (mnist eval calibrate=true)  tb/ (TensorBoard)
   .lock                                (held by the process that writes the run: locks.py)
 <outputs_dir>/train/latest -> the newest run
 
@@ -95,6 +95,12 @@ class RunFolder:
     def eval(self) -> Path:
         """eval/: `mnist eval`'s report per split (<split>.json) and its pictures."""
         return self.path / "eval"
+
+    @property
+    def calibration(self) -> Path:
+        """calibration.json: the temperature `mnist eval calibrate=true` fitted on the validation split, which
+        eval, predict, serve and export then divide the logits by."""
+        return self.path / "calibration.json"
 
     @property
     def lock(self) -> Path:
