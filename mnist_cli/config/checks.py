@@ -105,6 +105,7 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
         return
     if OmegaConf.is_missing(cfg, "run"):
         raise UserError(f"{command} needs run=<run folder | checkpoint.pt | latest>.")
+    need(cfg.top is None or cfg.top >= 1, "top", "null or at least 1")
     if command == "serve":
         _validate_serve(cfg, need)
         return

@@ -239,7 +239,8 @@ class SourceDataConfig:
 class UseRunConfig:
     """What eval and predict share: the run to use, the data it reads and where it runs."""
 
-    run: str = MISSING  # a run folder, a checkpoint file, or latest (the YAML leaves it ???: required)
+    run: Any = MISSING  # a run folder, a checkpoint file, latest, a list of them, or a sweep folder with top (the YAML leaves it ???: required)
+    top: Optional[int] = MISSING  # with a sweep folder as run: an ensemble of its best `top` runs
     split: str = MISSING  # test | val | train
     format: str = MISSING  # table | json
     device: str = MISSING
@@ -266,7 +267,8 @@ class PredictConfig(UseRunConfig):
 
 @dataclass
 class ExportConfig:
-    run: str = MISSING
+    run: Any = MISSING
+    top: Optional[int] = MISSING
     format: str = MISSING  # pt2 | torchscript | onnx
     output: Optional[str] = MISSING
     outputs_dir: str = MISSING
@@ -274,7 +276,8 @@ class ExportConfig:
 
 @dataclass
 class ServeConfig:
-    run: str = MISSING
+    run: Any = MISSING
+    top: Optional[int] = MISSING
     host: str = MISSING
     allowed_hosts: List[str] = MISSING
     port: int = MISSING

@@ -20,11 +20,11 @@ from rich.markup import escape
 
 from mnist_cli import console
 from mnist_cli.errors import UserError, WriteFailed
+from mnist_cli.inference import ensembles
 from mnist_cli.inference.calibration import calibration_report, fit_temperature
 from mnist_cli.inference.predictions import load_split, precision, predict_logits
 from mnist_cli.runs import figures
 from mnist_cli.runs.atomic import write_json
-from mnist_cli.runs.checkpoints import load_trained
 from mnist_cli.runs.folder import RunFolder
 from mnist_cli.training.devices import resolve_device
 from mnist_cli.training.loggers import log_evaluation
@@ -60,9 +60,11 @@ def show_report(report: Dict) -> None:
     from rich.table import Table
 
     autocast = f" ({report['precision']} autocast, as the run trained)" if report["precision"] != "fp32" else ""
+    members = report.get("members")
+    source = f"an ensemble of {len(members)} runs" if members else escape(report["checkpoint"])
     console.console.print(  # soft_wrap: the checkpoint's path stays on one line
         f"[bold]{report['dataset']} {report['split']}[/bold] ({report['samples']} images), "
-        f"{report['model']} from {escape(report['checkpoint'])}{autocast}\n"
+        f"{report['model']} from {source}{autocast}\n"
         f"accuracy [bold]{report['accuracy']:.2%}[/bold]  loss {report['loss']:.4f}  macro F1 {report['macro_f1']:.4f}  "
         f"ECE {report['calibration']['ece']:.2%}"
         + (
@@ -72,6 +74,8 @@ def show_report(report: Dict) -> None:
         ),
         soft_wrap=True,
     )
+    for member in members or []:
+        console.say(f"  member accuracy {member['accuracy']:.2%}: {member['run']}")
     per_class = Table(title="per class", title_justify="left")
     for column in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
@@ -95,15 +99,18 @@ def show_report(report: Dict) -> None:
 def evaluate_command(cfg: DictConfig) -> int:
     """Run `mnist eval`; returns the exit code (1 when below min_accuracy)."""
     device = resolve_device(cfg.device)
-    trained = load_trained(cfg.run, cfg.outputs_dir, device)
+    trained = ensembles.load_model(cfg, device)
+    if cfg.calibrate and trained.members:
+        raise UserError("calibrate=true fits one run's temperature; calibrate each member, then evaluate the ensemble.")
     split = load_split(trained, cfg, device)  # first: a split the run lacks is refused before anything is stored
     if cfg.calibrate:
         trained.temperature = calibrate(trained, cfg, device)
     logits = predict_logits(trained, split.images, cfg.batch_size)
+    ensemble = bool(trained.members)
     report = {
-        "run": str(trained.run_dir),
-        "checkpoint": str(trained.checkpoint_path.resolve()),  # absolute, as "run" is
-        "epoch": trained.checkpoint["epoch"],
+        "run": None if ensemble else str(trained.run_dir),
+        "checkpoint": None if ensemble else str(trained.checkpoint_path.resolve()),  # absolute, as "run" is
+        "epoch": None if ensemble else trained.checkpoint["epoch"],
         "split": cfg.split,
         "dataset": trained.config.dataset.name,
         "model": trained.config.model.name,
@@ -112,6 +119,18 @@ def evaluate_command(cfg: DictConfig) -> int:
         **classification_report(logits, split.labels, trained.classes),
         "calibration": {"temperature": trained.temperature, **calibration_report(logits, split.labels)},
     }
+    if ensemble:  # each member's own accuracy beside the ensemble's
+        report["members"] = [
+            {
+                "run": str(m.run_dir),
+                "checkpoint": str(m.checkpoint_path.resolve()),
+                "accuracy": (predict_logits(m, split.images, cfg.batch_size).argmax(1) == split.labels)
+                .double()
+                .mean()
+                .item(),
+            }
+            for m in trained.members
+        ]
     accurate = cfg.min_accuracy is None or report["accuracy"] >= cfg.min_accuracy
     honest = cfg.max_ece is None or report["calibration"]["ece"] <= cfg.max_ece
     passed = accurate and honest
@@ -119,7 +138,12 @@ def evaluate_command(cfg: DictConfig) -> int:
     report["max_ece"] = cfg.max_ece
     report["passed"] = passed
 
-    out = RunFolder(trained.run_dir).eval
+    if ensemble:
+        folder = ensembles.ensemble_folder(cfg.outputs_dir)
+        ensembles.write_members(folder, trained)
+        out = folder / "eval"
+    else:
+        out = RunFolder(trained.run_dir).eval
     unwritten = write_evaluation(out, report, split, logits, trained)
     if cfg.format == "json":
         print(json.dumps(report, indent=2))
@@ -192,5 +216,8 @@ def write_evaluation(out: Path, report: Dict, split, logits: torch.Tensor, train
             if isinstance(error, OSError)
             else str(error)
         )
-    log_evaluation(trained.run_dir, trained.config.get("logger"), report, pictures)  # the run's TensorBoard / MLflow
+    if not trained.members:
+        log_evaluation(
+            trained.run_dir, trained.config.get("logger"), report, pictures
+        )  # the run's TensorBoard / MLflow
     return None

@@ -20,9 +20,10 @@ from omegaconf import DictConfig
 
 from mnist_cli import console
 from mnist_cli.errors import RunFailed, UserError, WriteFailed
+from mnist_cli.inference import ensembles
 from mnist_cli.inference.predictions import precision
 from mnist_cli.runs.atomic import atomic_write
-from mnist_cli.runs.checkpoints import Trained, load_trained
+from mnist_cli.runs.checkpoints import Trained
 from mnist_cli.runs.folder import RunFolder
 
 FILENAMES = {
@@ -64,6 +65,7 @@ def metadata(trained: Trained) -> Dict[str, str]:
         "mnist_cli.dataset": trained.config.dataset.name,
         "mnist_cli.model": trained.config.model.name,
         "mnist_cli.checkpoint": str(trained.checkpoint_path),
+        "mnist_cli.members": json.dumps([str(m.checkpoint_path) for m in trained.members]),  # [] for one run
     }
 
 
@@ -180,7 +182,11 @@ def replaces_run_file(target: Path, checkpoint: Path) -> Optional[str]:
 
 def export_command(cfg: DictConfig) -> int:
     """Run `mnist export`; returns the exit code."""
-    trained = load_trained(cfg.run, cfg.outputs_dir, torch.device("cpu"))
+    trained = ensembles.load_model(cfg, torch.device("cpu"))
+    if trained.members:
+        trained.model.exporting = True  # float32 throughout, as a single export
+        if not cfg.output:  # not into one member's checkpoints/: the ensemble's own folder
+            cfg.output = str(ensembles.ensemble_folder(cfg.outputs_dir)) + "/"
     target = output_path(cfg, trained)  # before exporting: a refused path costs no work
     wrapped = WithPreprocessing(trained.model, trained.mean, trained.std, trained.temperature).eval()
     example = torch.rand(2, 1, 28, 28)
@@ -191,10 +197,13 @@ def export_command(cfg: DictConfig) -> int:
             f"the {cfg.format} file gives logits up to {difference:.3g} away from the model's; it was not written."
         )
     try:
+        if trained.members:
+            ensembles.write_members(target.parent, trained)
         atomic_write(target, lambda f: f.write(data))
     except WriteFailed as error:  # output= names a folder that cannot be written: the user's to fix
         raise UserError(str(error)) from None
-    console.say(f"exported {trained.config.model.name} ({trained.config.dataset.name}) as {cfg.format}: {target}")
+    what = f"an ensemble of {len(trained.members)} runs" if trained.members else trained.config.model.name
+    console.say(f"exported {what} ({trained.config.dataset.name}) as {cfg.format}: {target}")
     console.say(
         f"checked in its runtime: max abs difference from the model's logits {difference:.2g} on {sum(CHECK_BATCHES)} random images"
     )

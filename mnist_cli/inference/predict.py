@@ -17,10 +17,10 @@ from rich.markup import escape
 from mnist_cli import console
 from mnist_cli.datasets.images import ImageError, find_images, prepare
 from mnist_cli.errors import UserError
+from mnist_cli.inference import ensembles
 from mnist_cli.inference.predictions import load_positions, probabilities, to_rows
 from mnist_cli.runs import figures
 from mnist_cli.runs.atomic import printable, write_csv, write_jsonl
-from mnist_cli.runs.checkpoints import load_trained
 from mnist_cli.training.devices import resolve_device
 
 CSV_COLUMNS = ("input", "label", "predicted", "confidence", "topk", "error")
@@ -109,7 +109,7 @@ def show_rows(rows: List[Dict], topk: int) -> None:
 def predict_command(cfg: DictConfig, run_dir: Path) -> int:
     """Run `mnist predict`; returns the exit code."""
     device = resolve_device(cfg.device)
-    trained = load_trained(cfg.run, cfg.outputs_dir, device)
+    trained = ensembles.load_model(cfg, device)
     entries = collect_inputs(cfg, trained, device)
     if not entries:
         raise UserError(f"inputs={list(cfg.inputs)} holds no image files.")

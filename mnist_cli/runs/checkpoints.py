@@ -14,7 +14,7 @@ import json
 import math
 import pickle
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -170,6 +170,7 @@ class Trained:
     run_dir: Path
     checkpoint: Dict[str, Any]
     temperature: float = 1.0  # the logits are divided by it: the run's calibration.json, else 1
+    members: List["Trained"] = field(default_factory=list)  # an ensemble's runs (inference/ensembles.py)
 
 
 def read_checkpoint(path: Path) -> Dict[str, Any]:

@@ -40,8 +40,9 @@ from starlette.routing import Route
 
 from mnist_cli.datasets.images import ImageError, prepare_file
 from mnist_cli.errors import UserError
+from mnist_cli.inference import ensembles
 from mnist_cli.inference.predictions import probabilities, to_rows
-from mnist_cli.runs.checkpoints import Trained, load_trained
+from mnist_cli.runs.checkpoints import Trained
 from mnist_cli.runs.folder import RunFolder
 from mnist_cli.serving.hosts import Hosts, answered_hosts, host_guard
 from mnist_cli.serving.requests import (
@@ -275,8 +276,9 @@ def make_service(
         "model": config.model.name,
         "classes": trained.classes,
         "topk": min(cfg.topk, len(trained.classes)),
-        "run": trained.run_dir.name,
-        "metrics": run_metrics(trained),
+        "run": trained.run_dir.name if not trained.members else None,
+        "metrics": run_metrics(trained) if not trained.members else None,
+        "members": [m.run_dir.name for m in trained.members],  # an ensemble's runs; [] for one run
     }
     page = resources.files("mnist_cli.serving").joinpath("page.html").read_text(encoding="utf-8")
     hosts = answered_hosts(cfg, listener.getsockname()[0] if listener else cfg.host)
@@ -366,7 +368,7 @@ def serve_command(cfg: DictConfig) -> int:
         device = resolve_device(cfg.device)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        trained = load_trained(cfg.run, cfg.outputs_dir, device)
+        trained = ensembles.load_model(cfg, device)
         service = make_service(cfg, trained, device, listener)
         if not is_loopback(listener):
             print(
@@ -374,7 +376,7 @@ def serve_command(cfg: DictConfig) -> int:
                 file=sys.stderr,
             )
         print(
-            f"mnist serve: {trained.config.model.name} ({trained.config.dataset.name}) from {trained.checkpoint_path} "
+            f"mnist serve: {trained.config.model.name} ({trained.config.dataset.name}) from {ensembles.describe(trained)} "
             f"at {url_of(listener)} (Ctrl-C to stop)",
             flush=True,
         )
