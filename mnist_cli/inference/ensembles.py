@@ -80,11 +80,13 @@ def member_paths(run, top, outputs_dir: str) -> List[str]:
     folder = Path(str(run)).expanduser()
     if not folder.is_dir():
         raise UserError(f"run={run} with top={top}: give the sweep folder whose best {top} runs make the ensemble.")
-    finished = [
-        r
-        for r in leaderboard.rank([leaderboard.run_record(p) for p in find_runs(folder)], RANKED_BY)
-        if r["status"] == "completed"
-    ]
+    return best_runs(folder, top)
+
+
+def best_runs(folder: Path, top: int, ranked_by: str = RANKED_BY) -> List[str]:
+    """The best `top` completed runs below `folder`, as the leaderboard ranks them by `ranked_by`."""
+    records = leaderboard.rank([leaderboard.run_record(p) for p in find_runs(folder)], ranked_by)
+    finished = [r for r in records if r["status"] == "completed"]
     if len(finished) < top:
         raise UserError(f"{folder} holds {len(finished)} completed runs, fewer than top={top}.")
     return [r["run"] for r in finished[:top]]
@@ -142,3 +144,34 @@ def describe(trained: Trained) -> str:
     if not trained.members:
         return str(trained.checkpoint_path)
     return f"an ensemble of {len(trained.members)} runs"
+
+
+def leaderboard_row(folder: Path, top: int, ranked_by: str) -> dict:
+    """A leaderboard record for the ensemble of the best `top` runs below `folder`: its accuracy and loss on
+    the members' shared validation split as best_val_accuracy / best_val_loss (the members' best
+    checkpoints), the other columns empty; run names it, `ensemble_of` lists the members."""
+    from mnist_cli.inference.predictions import load_split, predict_logits
+
+    runs = best_runs(folder, top, ranked_by)
+    cfg = OmegaConf.create(
+        {"run": runs, "top": None, "outputs_dir": "outputs", "split": "val", "data": {"root": None, "download": False}}
+    )
+    device = torch.device("cpu")
+    trained = load_model(cfg, device)
+    split = load_split(trained, cfg, device)
+    logits = predict_logits(trained, split.images, 1000)
+    record = {column: None for column in leaderboard.COLUMNS}
+    record.update(
+        {
+            "run": f"top-{top} ensemble",
+            "overrides": {},
+            "seed": None,
+            "experiment": "",
+            "best_val_accuracy": (logits.argmax(1) == split.labels).double().mean().item(),
+            "best_val_loss": torch.nn.functional.cross_entropy(logits, split.labels).item(),
+            "status": "ensemble",
+            "error": None,
+            "ensemble_of": runs,
+        }
+    )
+    return record

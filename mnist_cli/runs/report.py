@@ -16,7 +16,7 @@ from mnist_cli.runs import leaderboard, metrics
 
 SORTS = f"{', '.join(leaderboard.METRIC_COLUMNS)} (or {', '.join(metrics.SUMMARY_METRICS)})"
 SORT_TABLE = "\n".join(f"  {m.column:<22} {m.name}" for m in metrics.SUMMARY_METRICS.values())
-USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true] [group_seeds=false]
+USAGE = f"""usage: mnist report [FOLDER] [sort=COLUMN] [top=N] [format=table|json] [save=true] [plot=true] [group_seeds=false] [ensemble=K]
 
   mnist report outputs/multirun/2026-11-23/10-20-11-x9f2     # one sweep
   mnist report outputs/                                      # every run found below a folder
@@ -29,6 +29,8 @@ of the top runs that are not damaged), both into FOLDER. Runs that are one exper
 not change what is learned, and the same epochs= or precision= given on resume) are one row: each
 metric's mean ± standard deviation, and n; group_seeds=false shows one row per run. The table shows
 the columns that fit the terminal, never a cut number; format=json and save=true have every column.
+ensemble=K adds a row for the ensemble of the best K completed runs (by sort): the mean of their
+probabilities on their shared validation split, as best_val_accuracy and best_val_loss.
 
 sort: a column or its summary.json name; losses and seconds lowest first, accuracies highest
 first; best_val_accuracy by default.
@@ -41,6 +43,7 @@ DEFAULTS = {
     "save": False,
     "plot": False,
     "group_seeds": True,
+    "ensemble": None,
 }
 
 
@@ -55,9 +58,9 @@ def parse(args: List[str]) -> Dict:
         key, value = arg.split("=", 1)
         if key not in DEFAULTS:
             raise UserError(f"'{key}' is not a report option; use {', '.join(DEFAULTS)}.")
-        if key == "top":
+        if key in ("top", "ensemble"):
             if not value.isdigit() or int(value) < 1:
-                raise UserError(f"top must be a positive whole number (got {value!r}).")
+                raise UserError(f"{key} must be a positive whole number (got {value!r}).")
             options[key] = int(value)
         elif key in ("save", "plot", "group_seeds"):
             if value.lower() not in ("true", "false"):
@@ -86,9 +89,15 @@ def report_command(args: List[str]) -> int:
         folder = Path(options["folder"])
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder; give a sweep folder or outputs/.")
-        records = leaderboard.build(folder, options["sort"], options["top"], options["group_seeds"])
+        records = leaderboard.build(folder, options["sort"], None, options["group_seeds"])
         if not records:
             raise UserError(f"no run folders (summary.json or metrics.jsonl) below {folder}.")
+        if options["ensemble"]:  # imports torch and runs the members on their validation split
+            from mnist_cli.inference.ensembles import leaderboard_row
+
+            row = leaderboard_row(folder, options["ensemble"], options["sort"])
+            records = leaderboard.rank(records + [row], options["sort"])
+        records = records[: options["top"]] if options["top"] else records
         if options["save"]:
             leaderboard.write(folder, records, options["sort"])
         if options["plot"]:

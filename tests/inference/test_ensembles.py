@@ -133,3 +133,15 @@ def test_predict_and_serve_take_an_ensemble_and_agree(sweep, cli_env, data_root)
             "predictions"
         ]
     assert served["topk"] == row["topk"]
+
+
+def test_report_shows_the_ensemble_of_a_sweeps_best_runs_as_eval_measures_it(sweep, cli_env):
+    work, folder, _ = sweep
+    result = run_mnist("report", str(folder), "ensemble=2", "group_seeds=false", "format=json", cwd=work, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    (row,) = [r for r in rows if r["status"] == "ensemble"]
+    assert row["run"] == "top-2 ensemble" and len(rows) == 4
+    measured = run_mnist("eval", f"run={folder}", "top=2", "split=val", "format=json", cwd=work, env=cli_env)
+    assert row["best_val_accuracy"] == pytest.approx(json.loads(measured.stdout)["accuracy"])
+    assert [r["best_val_accuracy"] for r in rows] == sorted((r["best_val_accuracy"] for r in rows), reverse=True)
