@@ -223,6 +223,8 @@ def _validate_augment(cfg: DictConfig, need: Need) -> None:
     need(0 <= aug.rotate <= 180, "dataset.augment.rotate", "0 to 180 degrees")
     need(0 <= aug.scale < 1, "dataset.augment.scale", "in [0, 1)")
     need(0 <= aug.erase <= 1, "dataset.augment.erase", "a probability in [0, 1]")
+    need(0 <= aug.shear <= 1, "dataset.augment.shear", "in [0, 1]")
+    need(0 <= aug.stroke <= 1, "dataset.augment.stroke", "a probability in [0, 1]")
 
 
 def _validate_optimizer(opt: DictConfig, need: Need) -> None:

@@ -20,7 +20,15 @@ NOT_FILLED_ON_RESUME = ("optimizer.fused",)
 # dataset (FashionMNIST's default is no shifts now). Written out rather than read from conf/dataset/mnist.yaml
 # on purpose: this is history, and stays what those runs trained with when the YAML changes.
 FILLED_AS_BEFORE = {
-    "dataset.augment": {"shift": 2, "flip": False, "rotate": 0.0, "scale": 0.0, "erase": 0.0},
+    "dataset.augment": {
+        "shift": 2,
+        "flip": False,
+        "rotate": 0.0,
+        "scale": 0.0,
+        "erase": 0.0,
+        "shear": 0.0,
+        "stroke": 0.0,
+    },
     "dataset.test_time_flip": False,
 }
 

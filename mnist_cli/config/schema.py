@@ -27,6 +27,8 @@ class AugmentConfig:
     rotate: float = MISSING  # random rotation within ± degrees
     scale: float = MISSING  # random zoom within 1 ± scale
     erase: float = MISSING  # probability of blanking one random rectangle
+    shear: float = MISSING  # slant by a horizontal shear factor within ± shear
+    stroke: float = MISSING  # probability of a stroke one pixel thicker or thinner
 
 
 @dataclass

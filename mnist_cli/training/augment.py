@@ -1,5 +1,6 @@
 """Training-image augmentation on whole batches on the device: random shifts, horizontal flips, small
-random rotations and zooms (one affine_grid / grid_sample call per batch), and random erasing.
+random rotations, zooms and shears (one affine_grid / grid_sample call per batch), thicker or thinner
+strokes (a 2x2 grey dilation or erosion), and random erasing.
 
 Every random number of an epoch is drawn up front from that epoch's generator (data.epoch_generator),
 for every image of the split, in a fixed order: the same (seed, epoch) gives the same images, a run
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,16 @@ class Augment:
     rotate: float = 0.0  # rotate by up to ± degrees
     scale: float = 0.0  # zoom by a factor in 1 ± scale
     erase: float = 0.0  # probability of blanking one random rectangle
+    shear: float = 0.0  # slant by a horizontal shear factor in ± shear (x' = x + s y)
+    stroke: float = 0.0  # probability of a thicker (half) or thinner (half) stroke: a 2x2 dilation or erosion
 
     @property
     def active(self) -> bool:
-        return bool(self.shift or self.flip or self.rotate or self.scale or self.erase)
+        return bool(self.shift or self.flip or self.rotate or self.scale or self.erase or self.shear or self.stroke)
+
+    @property
+    def affine(self) -> bool:
+        return bool(self.rotate or self.scale or self.shear)
 
 
 def from_config(augment_cfg, enabled: bool) -> Augment:
@@ -46,6 +53,8 @@ def from_config(augment_cfg, enabled: bool) -> Augment:
         float(augment_cfg.rotate),
         float(augment_cfg.scale),
         float(augment_cfg.erase),
+        float(augment_cfg.get("shear", 0.0)),  # absent from runs older than the keys: none
+        float(augment_cfg.get("stroke", 0.0)),
     )
 
 
@@ -68,6 +77,12 @@ def draw(augment: Augment, n: int, generator: torch.Generator, device: torch.dev
         )
         params["erase_hw"] = torch.stack([(area * aspect).sqrt(), (area / aspect).sqrt()], 1).clamp(max=1.0)
         params["erase_at"] = torch.rand(n, 2, generator=generator)  # where its corner goes, as a share of the room left
+    # drawn after the others: a run without them sees the images it saw before they existed
+    if augment.shear:
+        params["shear"] = (torch.rand(n, generator=generator) * 2 - 1) * augment.shear
+    if augment.stroke:
+        params["stroke"] = torch.rand(n, generator=generator) < augment.stroke
+        params["thicker"] = torch.rand(n, generator=generator) < 0.5
     return {name: value.to(device) for name, value in params.items()}
 
 
@@ -81,12 +96,19 @@ def shift_images(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.
     return padded[batch, rows[:, :, None], cols[:, None, :]]
 
 
-def rotate_and_zoom(images: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
-    """Rotate each image by its angle (radians) and zoom it by its factor about the centre (bilinear,
-    background 0), rounded back to uint8."""
+def rotate_and_zoom(
+    images: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor, shear: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Rotate each image by its angle (radians), zoom it by its factor and shear it by its factor about the
+    centre (bilinear, background 0), rounded back to uint8."""
     cos, sin = angle.cos() / zoom, angle.sin() / zoom  # the output-to-input map: the inverse transform
     zeros = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)  # (B, 2, 3)
+    if shear is not None:  # input x = output x - shear * output y, before the rotation's inverse
+        theta = torch.stack(
+            [torch.stack([cos, -sin - cos * shear, zeros], 1), torch.stack([sin, cos - sin * shear, zeros], 1)], 1
+        )
+    else:
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, (len(images), 1, *images.shape[1:]), align_corners=False)
     moved = F.grid_sample(images.unsqueeze(1).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved.squeeze(1).round_().clamp_(0, 255).to(torch.uint8)
@@ -106,14 +128,28 @@ def erase(images: torch.Tensor, chosen: torch.Tensor, hw: torch.Tensor, at: torc
     return images.masked_fill(mask, 0)
 
 
+def restroke(images: torch.Tensor, chosen: torch.Tensor, thicker: torch.Tensor) -> torch.Tensor:
+    """Chosen images with their strokes a pixel thicker (2x2 grey dilation) or thinner (2x2 erosion)."""
+    padded = F.pad(images.unsqueeze(1).float(), (0, 1, 0, 1))
+    dilated = F.max_pool2d(padded, 2, stride=1).squeeze(1)
+    eroded = -F.max_pool2d(-F.pad(images.unsqueeze(1).float(), (0, 1, 0, 1), value=255.0), 2, stride=1).squeeze(1)
+    changed = torch.where(thicker[:, None, None], dilated, eroded).to(torch.uint8)
+    return torch.where(chosen[:, None, None], changed, images)
+
+
 def apply(augment: Augment, images: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
     """`images` (B, 28, 28) uint8 augmented with `params` (draw's, one row per image of the batch)."""
     if "shifts" in params:
         images = shift_images(images, params["shifts"], augment.shift)
     if "flip" in params:
         images = torch.where(params["flip"][:, None, None], images.flip(-1), images)
-    if "angle" in params:
-        images = rotate_and_zoom(images, params["angle"], params["zoom"])
+    if "angle" in params or "shear" in params:
+        some = params.get("angle", params.get("shear"))
+        angle = params["angle"] if "angle" in params else torch.zeros_like(some)
+        zoom = params["zoom"] if "zoom" in params else torch.ones_like(some)
+        images = rotate_and_zoom(images, angle, zoom, params.get("shear"))
+    if "stroke" in params:
+        images = restroke(images, params["stroke"], params["thicker"])
     if "erase" in params:
         images = erase(images, params["erase"], params["erase_hw"], params["erase_at"])
     return images

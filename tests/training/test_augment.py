@@ -148,3 +148,33 @@ def test_evaluation_never_augments_and_a_resumed_run_with_every_lever_is_exact(t
     again = json.loads((last.parent.parent / "summary.json").read_text())
     assert again["final"] | {"seconds": 0} == reference["final"] | {"seconds": 0}  # trained and averaged weights alike
     assert {"trained_val_accuracy", "ema_val_accuracy", "weights"} <= set(reference["final"])
+
+
+def test_shear_and_stroke_are_drawn_after_the_older_parameters_so_older_runs_see_the_same_images():
+    before = draw(
+        Augment(shift=2, rotate=10, scale=0.1, erase=0.5), 64, torch.Generator().manual_seed(3), torch.device("cpu")
+    )
+    after = draw(
+        Augment(shift=2, rotate=10, scale=0.1, erase=0.5, shear=0.3, stroke=0.5),
+        64,
+        torch.Generator().manual_seed(3),
+        torch.device("cpu"),
+    )
+    assert set(after) - set(before) == {"shear", "stroke", "thicker"}
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+
+
+def test_a_shear_slants_an_upright_bar_and_stroke_changes_its_width_by_a_pixel():
+    bar = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    bar[0, 4:24, 13:15] = 255  # two pixels wide, upright
+    sheared = apply(Augment(shear=0.5), bar, {"shear": torch.tensor([0.5])})
+    top_x = sheared[0, 6].float().argmax().item()
+    bottom_x = sheared[0, 21].float().argmax().item()
+    assert abs(top_x - bottom_x) >= 5  # a slant of about 0.5 px per row over 15 rows
+    yes, thicker, thinner = torch.tensor([True]), torch.tensor([True]), torch.tensor([False])
+    wider = apply(Augment(stroke=1.0), bar, {"stroke": yes, "thicker": thicker})
+    narrower = apply(Augment(stroke=1.0), bar, {"stroke": yes, "thicker": thinner})
+    assert (wider[0, 12] > 0).sum() == 3 and (narrower[0, 12] > 0).sum() == 1
+    untouched = apply(Augment(stroke=1.0), bar, {"stroke": torch.tensor([False]), "thicker": thicker})
+    assert torch.equal(untouched, bar)
