@@ -124,7 +124,7 @@ def run_task(cfg, run: AppRun):
     from mnist_cli.config.checks import check_config
     from mnist_cli.runs.locks import unlock_run
     from mnist_cli.runs.state import record_failure
-    from mnist_cli.training.interrupt import Interrupted, ctrl_c_held
+    from mnist_cli.training.interrupt import Interrupted, Terminated, ctrl_c_held, sigterm_stops
 
     run.started = True
     run.stderr.release()
@@ -134,15 +134,17 @@ def run_task(cfg, run: AppRun):
         check_config(cfg, command, list(runtime.overrides.task))  # before any work, and before torch is imported
         with ctrl_c_held():
             importlib.import_module("torch")
-        result, run.exit_code = RUNNERS[command](cfg, runtime)
+        with sigterm_stops():
+            result, run.exit_code = RUNNERS[command](cfg, runtime)
         return result
     except Interrupted as stopped:
         print(f"mnist {command}: {stopped}", file=sys.stderr)
         sys.exit(128 + stopped.signum)
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits by itself)
-        print(f"mnist {command}: interrupted by Ctrl-C.", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM outside the training loop (which saves and exits by itself)
+        terminated = isinstance(stop, Terminated)
+        print(f"mnist {command}: interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}.", file=sys.stderr)
         run_claim.discard_unless_resumed(command, cfg, runtime)
-        sys.exit(130)
+        sys.exit(143 if terminated else 130)
     except BrokenPipeError:
         sys.exit(streams.closed_pipe())
     except (UserError, RunFailed) as error:

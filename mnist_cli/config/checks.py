@@ -7,6 +7,7 @@ between keys, then `validate`'s ranges. Imports only hydra/omegaconf, never torc
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Callable, List
 
@@ -210,6 +211,12 @@ def _validate_dataset(cfg: DictConfig, need: Need) -> None:
     need(ds.val_fraction + ds.test_fraction < 1, "dataset.test_fraction", "less than 1 - dataset.val_fraction")
     need(0 <= ds.max_bad_fraction <= 1, "dataset.max_bad_fraction", "a fraction in [0, 1]")
     need(ds.workers is None or 1 <= ds.workers <= MAX_THREADS, "dataset.workers", f"null or from 1 to {MAX_THREADS}")
+    inside = os.path.realpath(cfg.outputs_dir) + os.sep
+    if inside.startswith(os.path.realpath(ds.path) + os.sep):
+        raise UserError(
+            f"outputs_dir={cfg.outputs_dir} is inside dataset.path={ds.path}: run folders would be read as images; "
+            "give outputs_dir= a folder outside it."
+        )
     need(
         cfg.data.val_size is None,
         "data.val_size",

@@ -9,6 +9,7 @@ start without it.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import multiprocessing
@@ -19,6 +20,7 @@ import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -30,9 +32,26 @@ from mnist_cli.errors import WriteFailed
 from mnist_cli.paths import cache_dir
 from mnist_cli.runs.atomic import atomic_write
 
-CACHE_FORMAT = 1  # raise when what a recipe makes of a file changes: older cache files are then never read
+CACHE_FORMAT = 2  # raise when what a recipe makes of a file changes: older cache files are then never read
 CHUNK = 256  # files per task a decoding process takes
 IN_PROCESS_BELOW = 2 * CHUNK  # fewer files than this are decoded without starting processes
+PR_SET_PDEATHSIG = 1  # Linux prctl: the signal a process gets when its parent dies
+
+
+@dataclass
+class Decoded:
+    """An image folder's files as prepare_many makes them, one row each, in the listing's order."""
+
+    images: np.ndarray  # uint8 (N, 28, 28); black where the file is no image
+    reasons: List[str]  # why a file is no image; "" where it is one
+    digests: List[str]  # BLAKE2b of each file's bytes ("" where it could not be read): what the run trained on
+
+    def add(self, start: int, chunk: Tuple[np.ndarray, List[str], List[str]]) -> int:
+        images, reasons, digests = chunk
+        self.images[start : start + len(images)] = images
+        self.reasons[start : start + len(images)] = reasons
+        self.digests[start : start + len(images)] = digests
+        return len(images)
 
 
 def cores() -> int:
@@ -53,24 +72,33 @@ def _cache_file(listing, how: str) -> Path:
     return Path(cache_dir()) / "decoded" / f"{folder[:16]}-{content.hexdigest()[:32]}.npz"
 
 
-def _read_cache(path: Path, count: int) -> Optional[Tuple[np.ndarray, List[str]]]:
-    """The images and reasons a cache file holds, if it is there, whole and of `count` files."""
+def _read_cache(path: Path, count: int) -> Optional[Decoded]:
+    """What a cache file holds, if it is there, whole and of `count` files."""
     try:
         with np.load(path, allow_pickle=False) as stored:
-            images, reasons = stored["images"], stored["reasons"]
-            if images.shape != (count, 28, 28) or images.dtype != np.uint8 or reasons.shape != (count,):
+            images, reasons, digests = stored["images"], stored["reasons"], stored["digests"]
+            if (
+                images.shape != (count, 28, 28)
+                or images.dtype != np.uint8
+                or {reasons.shape, digests.shape} != {(count,)}
+            ):
                 return None
-            return images, [str(r) for r in reasons]
+            return Decoded(images, [str(r) for r in reasons], [str(d) for d in digests])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, damaged or foreign: decode again
         return None
 
 
-def _write_cache(path: Path, images: np.ndarray, reasons: List[str]) -> None:
+def _write_cache(path: Path, decoded: Decoded) -> None:
     """Store the decoded folder (atomically) and remove the folder's older cache files; failures are ignored."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.savez(buffer, images=images, reasons=np.asarray(reasons, dtype=str))
+        np.savez(
+            buffer,
+            images=decoded.images,
+            reasons=np.asarray(decoded.reasons, dtype=str),
+            digests=np.asarray(decoded.digests, dtype=str),
+        )
         atomic_write(path, lambda f: f.write(buffer.getbuffer()))
         for older in path.parent.glob(f"{path.name.split('-')[0]}-*.npz"):
             if older != path:
@@ -84,51 +112,55 @@ def _tell(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _quiet_worker() -> None:
-    """A decoding process leaves Ctrl-C to the command, which stops the pool and says one sentence."""
+def _decoding_process() -> None:
+    """A decoding process leaves Ctrl-C to the command (which stops it), and dies with its parent: a
+    command killed with -9 leaves no process behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the process ends when it next reads from its parent
+        pass
 
 
-def _decode(paths: List[str], how: str, workers: int) -> Tuple[np.ndarray, List[str]]:
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End the decoding processes now, not after their current chunk: Ctrl-C is answered at once."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode(paths: List[str], how: str, workers: int) -> Decoded:
     """prepare_many over `paths` in chunks on `workers` processes, with a progress bar in a terminal."""
-    images = np.zeros((len(paths), 28, 28), dtype=np.uint8)
-    reasons: List[str] = [""] * len(paths)
+    decoded = Decoded(np.zeros((len(paths), 28, 28), dtype=np.uint8), [""] * len(paths), [""] * len(paths))
     starts = range(0, len(paths), CHUNK)
     with console.batch_progress("decoding images", len(paths)) as advance:
         if workers <= 1 or len(paths) < IN_PROCESS_BELOW:
             for start in starts:
-                images[start : start + CHUNK], reasons[start : start + CHUNK] = prepare_many(
-                    paths[start : start + CHUNK], how
-                )
-                advance(len(paths[start : start + CHUNK]))
-            return images, reasons
+                advance(decoded.add(start, prepare_many(paths[start : start + CHUNK], how)))
+            return decoded
         context = multiprocessing.get_context("spawn")  # a fork of a process holding torch's threads may hang
         done = set()
         try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_decoding_process)
+            try:
                 futures = [pool.submit(prepare_many, paths[start : start + CHUNK], how) for start in starts]
-                try:
-                    for start, future in zip(starts, futures):
-                        chunk, why = future.result()
-                        images[start : start + len(chunk)], reasons[start : start + len(chunk)] = chunk, why
-                        done.add(start)
-                        advance(len(chunk))
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+                for start, future in zip(starts, futures):
+                    advance(decoded.add(start, future.result()))
+                    done.add(start)
+            except BaseException:
+                _stop(pool)
+                raise
+            pool.shutdown()
         except BrokenProcessPool as error:  # a process killed (out of memory?) or unable to start
             _tell(f"note: a decoding process stopped ({error}); decoding the rest in this process")
             for start in (s for s in starts if s not in done):
-                images[start : start + CHUNK], reasons[start : start + CHUNK] = prepare_many(
-                    paths[start : start + CHUNK], how
-                )
-                advance(len(paths[start : start + CHUNK]))
-    return images, reasons
+                advance(decoded.add(start, prepare_many(paths[start : start + CHUNK], how)))
+    return decoded
 
 
-def decoded(listing, how: str, cache: bool, workers: Optional[int]) -> Tuple[np.ndarray, List[str]]:
-    """(uint8 images (N, 28, 28), one reason per file: "" where it is an image) for every file of `listing`
-    (image_folder.Listing), prepared by recipe `how`; from the cache when it holds this very folder."""
+def decoded(listing, how: str, cache: bool, workers: Optional[int]) -> Decoded:
+    """Every file of `listing` (image_folder.Listing) prepared by recipe `how`; from the cache when it holds
+    this very folder."""
     path = _cache_file(listing, how) if cache else None
     found = _read_cache(path, len(listing.files)) if path is not None else None
     if found is not None:
@@ -138,9 +170,9 @@ def decoded(listing, how: str, cache: bool, workers: Optional[int]) -> Tuple[np.
     if count >= IN_PROCESS_BELOW:
         _tell(f"decoding {count:,} images of {listing.root} on {workers} processes")
     started = time.perf_counter()
-    images, reasons = _decode([str(listing.root / name) for name in listing.files], how, workers)
+    result = _decode([str(listing.root / name) for name in listing.files], how, workers)
     if count >= IN_PROCESS_BELOW:
         _tell(f"decoded {count:,} images in {time.perf_counter() - started:.1f} s")
     if path is not None:
-        _write_cache(path, images, reasons)
-    return images, reasons
+        _write_cache(path, result)
+    return result

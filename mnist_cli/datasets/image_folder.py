@@ -26,8 +26,9 @@ from mnist_cli.errors import UserError
 from mnist_cli.runs.atomic import printable
 
 PARTS = ("train", "val", "test")
-IGNORED_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}  # what file managers leave behind
-FILE_COLUMNS = ("split", "class", "file", "bytes", "mtime_ns", "skipped")  # dataset_files.csv
+# what file managers and archivers leave behind: never images, never classes
+IGNORED_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r", "__macosx", "@eadir"}
+FILE_COLUMNS = ("split", "class", "file", "bytes", "mtime_ns", "content", "skipped")  # dataset_files.csv
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Listing:
     sizes: List[int] = field(default_factory=list)
     mtimes: List[int] = field(default_factory=list)  # st_mtime_ns
     ctimes: List[int] = field(default_factory=list)  # st_ctime_ns: changes when a file is replaced, even by cp -p
+    folders_seen: Dict[Tuple[int, int], str] = field(default_factory=dict)  # (device, inode) -> the path read
+    files_seen: set = field(default_factory=set)  # (device, inode) of each file read: a million fit in ~100 MB
 
 
 @dataclass
@@ -55,6 +58,7 @@ class FolderData:
     listing: Listing
     part_of: List[str]  # per file: train | val | test, "" for a skipped file (and one data.limit left out)
     reasons: List[str]
+    digests: List[str]  # BLAKE2b of each file's bytes: what resume and eval compare with the run's list
 
     @property
     def folders(self) -> List[str]:
@@ -74,6 +78,7 @@ class FolderData:
                 "file": printable(name),
                 "bytes": listing.sizes[i],
                 "mtime_ns": listing.mtimes[i],
+                "content": self.digests[i],
                 "skipped": self.reasons[i],
             }
 
@@ -102,6 +107,7 @@ def _walk(listing: Listing, folder: str, part: str, label: int, above: Tuple[Tup
     except OSError as error:
         raise UserError(f"Could not read the folder {printable(folder)} ({error.strerror or error}).") from None
     inside = (*above, (here.st_dev, here.st_ino))
+    _once(listing, here, folder, "folder")
     skip = len(str(listing.root)) + 1
     for entry in entries:
         try:
@@ -117,12 +123,31 @@ def _walk(listing: Listing, folder: str, part: str, label: int, above: Tuple[Tup
             continue
         if info is not None and not stat.S_ISREG(info.st_mode):
             continue  # a FIFO, socket or device is no image file: never opened (a FIFO would block)
+        if info is not None:
+            _once(listing, info, entry.path, "file")
         listing.files.append(entry.path[skip:])
         listing.labels.append(label)
         listing.parts.append(part)
         listing.sizes.append(info.st_size if info else -1)
         listing.mtimes.append(info.st_mtime_ns if info else -1)
         listing.ctimes.append(info.st_ctime_ns if info else -1)
+
+
+def _once(listing: Listing, info: os.stat_result, path: str, what: str) -> None:
+    """Refuse a folder or file reached a second time (through a link, or a hard link): read twice, one
+    image would be in two classes, or in the training and the test split."""
+    key = (info.st_dev, info.st_ino)
+    if what == "folder":
+        first = listing.folders_seen.setdefault(key, path)
+        again = f"the folder {printable(first)}" if first != path else None
+    else:
+        again = "a file read already through another path" if key in listing.files_seen else None
+        listing.files_seen.add(key)
+    if again:
+        raise UserError(
+            f"{printable(path)} is {again} (a link); an image read twice could be in two classes or in both "
+            "training and test: remove the link."
+        )
 
 
 def scan(root: Path) -> Listing:
@@ -135,6 +160,18 @@ def scan(root: Path) -> Listing:
         raise UserError(f"dataset.path {shown} is a file; give the folder that holds one folder per class.")
     top = _subfolders(root)
     folders = [p for p in PARTS if p in top] if "train" in top else []
+    if folders and set(top) - set(PARTS):
+        raise UserError(
+            f"{shown} holds train/ and also {', '.join(printable(t) + '/' for t in sorted(set(top) - set(PARTS)))}; "
+            "beside train/ only val/ and test/ are read: move or rename the others (a class named train needs "
+            f"the layout {shown}/train/<class>/)."
+        )
+    if not folders and {"val", "test"} & set(top):
+        part = "val" if "val" in top else "test"
+        raise UserError(
+            f"{shown} holds {part}/ but no train/; put the training images in {shown}/train/<class>/, "
+            f"or rename {part}/ if it is a class."
+        )
     class_sets = {p: _subfolders(root / p) for p in folders} if folders else {"": top}
     classes = class_sets[folders[0] if folders else ""]
     where = f"{shown}/train" if folders else shown
@@ -209,7 +246,8 @@ def load(cfg) -> FolderData:
     folder that is not a dataset or holds too many files that are not images."""
     ds = cfg.dataset
     listing = scan(Path(ds.path))
-    images, reasons = decoding.decoded(listing, ds.prepare, ds.cache, ds.workers)
+    decoded = decoding.decoded(listing, ds.prepare, ds.cache, ds.workers)
+    images, reasons = decoded.images, decoded.reasons
     bad = np.asarray([bool(r) for r in reasons], dtype=bool)
     total = len(listing.files)
     if bad.sum() > ds.max_bad_fraction * total:
@@ -229,21 +267,21 @@ def load(cfg) -> FolderData:
             part_of[i] = name
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
     splits = {name: Split(images_t[numbers], labels_t[numbers]) for name, numbers in assigned.items()}
-    return FolderData(splits, [printable(c) for c in listing.classes], listing, part_of, reasons)
+    return FolderData(splits, [printable(c) for c in listing.classes], listing, part_of, reasons, decoded.digests)
 
 
 def changes(data: FolderData, stored: Iterable[Dict]) -> Optional[str]:
     """What changed between the files a run trained on (`stored`: the rows of its dataset_files.csv) and the
-    folder now, as one clause; None when nothing did."""
-    listing = data.listing
-    now = {printable(f): (str(b), str(m)) for f, b, m in zip(listing.files, listing.sizes, listing.mtimes)}
+    folder now, by content (a file touched or copied with new dates is the same file), as one clause; None
+    when nothing did."""
+    now = {printable(name): digest for name, digest in zip(data.listing.files, data.digests)}
     removed, modified, seen = [], [], set()
     for row in stored:
         name = row["file"]
         seen.add(name)
         if name not in now:
             removed.append(name)
-        elif now[name] != (row["bytes"], row["mtime_ns"]):
+        elif now[name] != row["content"]:
             modified.append(name)
     added = [name for name in now if name not in seen]
     said = [

@@ -14,6 +14,7 @@ from the header, and big images are reduced while still 8-bit grey, so memory st
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import BinaryIO, List, Tuple
@@ -183,29 +184,40 @@ def prepare_file(file: BinaryIO, how: str, reader: str = "mnist predict") -> np.
     return RECIPES[how](read_grey(file, reader))
 
 
+def _unopenable(error: OSError) -> ImageError:
+    """Why a file could not be opened or read, as its row says it."""
+    if isinstance(error, FileNotFoundError):
+        return ImageError("no such file")
+    if isinstance(error, IsADirectoryError):
+        return ImageError("is a folder")
+    if isinstance(error, PermissionError):
+        return ImageError("permission denied")
+    return ImageError(f"unreadable image ({error})")  # any other reason is that file's row too
+
+
 def prepare(path: Path, how: str, reader: str = "mnist predict") -> np.ndarray:
     """The image file at `path` as a 28x28 uint8 model input (prepare_file); raises ImageError."""
     try:
         with open(path, "rb") as file:
             return prepare_file(file, how, reader)
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as error:  # any other reason the file cannot be opened is that file's row too
-        raise ImageError(f"unreadable image ({error})") from None
+    except OSError as error:
+        raise _unopenable(error) from None
 
 
-def prepare_many(paths: List[str], how: str) -> Tuple[np.ndarray, List[str]]:
-    """(uint8 images (N, 28, 28), one reason per file: "" where it was prepared) for image files, as `prepare`
-    makes them; a file that cannot be prepared is a black image and its reason. What a decoding process runs."""
+def prepare_many(paths: List[str], how: str) -> Tuple[np.ndarray, List[str], List[str]]:
+    """(uint8 images (N, 28, 28), one reason per file: "" where it was prepared, one content digest per file:
+    BLAKE2b of its bytes, "" where it could not be read) for image files, as `prepare` makes them; a file
+    that cannot be prepared is a black image and its reason. What a decoding process runs."""
     images = np.zeros((len(paths), 28, 28), dtype=np.uint8)
-    reasons = [""] * len(paths)
+    reasons, digests = [""] * len(paths), [""] * len(paths)
     for i, path in enumerate(paths):
         try:
-            images[i] = prepare(Path(path), how, "mnist train")
+            with open(path, "rb") as file:
+                data = file.read()
+            digests[i] = hashlib.blake2b(data, digest_size=16).hexdigest()
+            images[i] = prepare_file(io.BytesIO(data), how, "mnist train")
+        except OSError as error:
+            reasons[i] = str(_unopenable(error))
         except ImageError as error:
             reasons[i] = str(error) or "unreadable image"
-    return images, reasons
+    return images, reasons, digests

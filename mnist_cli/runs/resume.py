@@ -37,8 +37,6 @@ CHANGEABLE = (
     "threads",
     "eval_batch_size",
     "checkpoint.every_n_steps",
-    "dataset.workers",
-    "dataset.cache",
     "outputs_dir",
     "resume",
 )

@@ -29,6 +29,29 @@ def ctrl_c_held() -> Iterator[None]:
         previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before a command handles it itself (the training loop, the server): the command stops as
+    on Ctrl-C (a run folder that never trained is removed) and exits 143."""
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Raise Terminated on SIGTERM while the block runs (decoding an image folder, evaluating)."""
+
+    def stop(_signum, _frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class StopRequest:
     """Set by SIGINT/SIGTERM while installed; the training loop checks `.signal` after each step."""
 

@@ -290,7 +290,7 @@ def _train(
     data, model, optimizer, ema, params = run.data, run.model, run.optimizer, run.ema, run.facts["parameters"]
     steps_per_epoch = batches_per_epoch(data.train, cfg.batch_size)
     if data.files is not None and main:  # an image folder: resume only on the files the run started with
-        if start.resumed and folder.dataset_files.exists():
+        if start.checkpoint is not None:  # it trained on the files its list names: it needs the list
             image_folder.check_unchanged(data.files, folder.dataset_files, cfg.dataset.path, "resume")
         else:
             write_csv(folder.dataset_files, data.files.rows(), image_folder.FILE_COLUMNS)

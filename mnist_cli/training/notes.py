@@ -57,7 +57,8 @@ def did_not_learn(state: RunState, data: TrainData) -> Optional[str]:
     chance, n = chance_level(data)
     key = "val_accuracy" if len(data.val) else "train_accuracy"
     accuracy = max((row[key] for row in state.history), default=None)
-    if accuracy is None or accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n):
+    bound = chance + 3 * math.sqrt(chance * (1 - chance) / n)
+    if accuracy is None or accuracy > bound or bound >= 1:  # bound >= 1: too few images to tell
         return None
     return (
         f"the run did not learn: its best {key.replace('_accuracy', '')} accuracy {accuracy:.2%} is no better than chance "

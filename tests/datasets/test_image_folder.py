@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 from image_folders import CLASSES, write_image_folder
 from PIL import Image
 
-from conftest import run_mnist
+from conftest import MNIST_COMMAND, run_mnist
 from mnist_cli.config.compose import compose
 from mnist_cli.datasets import decoding, image_folder
 from mnist_cli.errors import UserError
@@ -145,7 +148,7 @@ def test_the_cache_is_used_and_never_stale_when_a_file_is_replaced_keeping_size_
     root = tmp_path / "data"
     write_image_folder(root, 6)
     listing = image_folder.scan(root)
-    first, _ = decoding.decoded(listing, "resize", cache=True, workers=1)
+    first = decoding.decoded(listing, "resize", cache=True, workers=1).images
     assert len(list((tmp_path / "cache" / "mnist-cli" / "decoded").glob("*.npz"))) == 1
     # another image of the same byte count, given the old file's mtime: what `cp -p` of a look-alike does
     target, donor = root / "null" / "0000.png", None
@@ -163,7 +166,7 @@ def test_the_cache_is_used_and_never_stale_when_a_file_is_replaced_keeping_size_
     shutil.copyfile(donor, target)
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
-    second, _ = decoding.decoded(image_folder.scan(root), "resize", cache=True, workers=1)
+    second = decoding.decoded(image_folder.scan(root), "resize", cache=True, workers=1).images
     row = image_folder.scan(root).files.index(str(target.relative_to(root)))
     assert np.array_equal(second[row], np.asarray(Image.open(target)))
     assert not np.array_equal(second[row], first[row])
@@ -176,13 +179,14 @@ def test_a_cache_that_cannot_be_written_or_is_damaged_only_costs_the_decoding(tm
     listing = image_folder.scan(root)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
     (tmp_path / "a-file").write_text("not a folder")
-    images, reasons = decoding.decoded(listing, "digit", cache=True, workers=1)
-    assert images.shape == (12, 28, 28) and not any(reasons)
+    decoded = decoding.decoded(listing, "digit", cache=True, workers=1)
+    images = decoded.images
+    assert images.shape == (12, 28, 28) and not any(decoded.reasons) and all(decoded.digests)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     decoding.decoded(listing, "digit", cache=True, workers=1)
     (stored,) = (tmp_path / "cache" / "mnist-cli" / "decoded").glob("*.npz")
     stored.write_bytes(stored.read_bytes()[:100])  # cut short, as a full disk might leave it
-    again, _ = decoding.decoded(listing, "digit", cache=True, workers=1)
+    again = decoding.decoded(listing, "digit", cache=True, workers=1).images
     assert np.array_equal(again, images)
 
 
@@ -193,8 +197,8 @@ def test_decoding_processes_give_what_one_process_gives(tmp_path):
     listing = image_folder.scan(root)
     alone = decoding.decoded(listing, "digit", cache=False, workers=1)
     shared = decoding.decoded(listing, "digit", cache=False, workers=2)
-    assert np.array_equal(alone[0], shared[0]) and alone[1] == shared[1]
-    assert sum(bool(r) for r in shared[1]) == 1
+    assert np.array_equal(alone.images, shared.images) and alone.reasons == shared.reasons
+    assert alone.digests == shared.digests and sum(bool(r) for r in shared.reasons) == 1
 
 
 # ---- through the command ----------------------------------------------------------------------------
@@ -315,3 +319,135 @@ def test_serve_prepares_an_upload_as_the_folder_run_trained_and_names_its_classe
         upload = (work / "scans" / tests[0]["file"]).read_bytes()
         (row,) = client.post("/predict", content=upload, headers={"content-type": "image/png"}).json()["predictions"]
     assert row["topk"] == expected["topk"]
+
+
+# ---- from the hostile pass: what a folder may not do ------------------------------------------------------
+
+
+def test_images_swapped_between_classes_keeping_size_and_dates_stop_eval_and_a_touch_does_not(folder_run, cli_env):
+    work, run = folder_run
+    first, second = work / "scans" / "eins" / "0001.png", work / "scans" / "zwei" / "0001.png"
+    stats = [p.stat() for p in (first, second)]
+    swap = work / "swap.png"
+    try:
+        os.replace(first, swap)
+        os.replace(second, first)
+        os.replace(swap, second)
+        for path, stat in zip((first, second), stats):  # dates as they were: only the content moved
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        result = run_mnist("eval", f"run={run}", cwd=work, env=cli_env)
+        assert result.returncode == 2 and "2 changed (eins/0001.png, zwei/0001.png)" in result.stderr
+    finally:
+        os.replace(first, swap)
+        os.replace(second, first)
+        os.replace(swap, second)
+    os.utime(first)  # new dates, the same bytes: the same image
+    result = run_mnist("eval", f"run={run}", "format=json", cwd=work, env=cli_env)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "make,said",
+    [
+        (lambda root: (root / "test").symlink_to("train"), "is the folder"),
+        (lambda root: (root / "train" / "zwei" / "more").symlink_to(root / "train" / "eins"), "is the folder"),
+        (
+            lambda root: (root / "train" / "zwei" / "x.png").symlink_to(root / "train" / "eins" / "0000.png"),
+            "is a file read",
+        ),
+    ],
+    ids=["test is train", "a class inside another", "one image in two classes"],
+)
+def test_an_image_reached_twice_through_a_link_is_refused(tmp_path, make, said):
+    root = tmp_path / "data"
+    write_image_folder(root, 3, parts=("train",))
+    make(root)
+    with pytest.raises(UserError, match="an image read twice could be in two classes or in both training and test"):
+        image_folder.load(folder_cfg(root))
+    with pytest.raises(UserError, match=said):
+        image_folder.load(folder_cfg(root))
+
+
+def test_part_folders_without_train_and_strays_beside_train_are_refused(tmp_path):
+    root = tmp_path / "data"
+    write_image_folder(root, 3)
+    write_image_folder(root, 3, parts=("val",))
+    with pytest.raises(UserError, match=r"holds val/ but no train/; put the training images in .*/train/<class>/"):
+        image_folder.load(folder_cfg(root))
+    other = tmp_path / "other"
+    write_image_folder(other, 3, parts=("train", "Test"))
+    with pytest.raises(UserError, match=r"holds train/ and also Test/; beside train/ only val/ and test/ are read"):
+        image_folder.load(folder_cfg(other))
+
+
+def test_resume_without_the_runs_file_list_and_outputs_inside_the_folder_are_refused(folder_run, cli_env, tmp_path):
+    work, run = folder_run
+    listed = (run / "dataset_files.csv").read_bytes()
+    (run / "dataset_files.csv").unlink()
+    try:
+        result = run_mnist("train", f"resume={run}", "epochs=3", cwd=work, env=cli_env)
+        assert result.returncode == 2 and "dataset_files.csv is missing" in result.stderr
+    finally:
+        (run / "dataset_files.csv").write_bytes(listed)
+    write_image_folder(tmp_path / "scans", 3)
+    result = run_mnist("train", "dataset=folder", "dataset.path=.", *FOLDER_RUN, cwd=tmp_path / "scans", env=cli_env)
+    assert result.returncode == 2 and "is inside dataset.path=" in result.stderr
+    assert not any((tmp_path / "scans" / "outputs").rglob(".hydra"))  # no run folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+def test_a_signal_while_processes_decode_stops_them_all_and_leaves_no_run(tmp_path, cli_env, signum, code):
+    root = tmp_path / "big"
+    written = write_image_folder(root, 2, classes=("a", "b"))
+    page = Image.open(written["a"][0]).resize((900, 900))  # big pages: decoding takes seconds
+    page.save(written["a"][0])
+    for i in range(700):
+        shutil.copy(written["a"][0], root / ("a" if i % 2 else "b") / f"page{i}.png")
+    process = subprocess.Popen(
+        [
+            MNIST_COMMAND,
+            "train",
+            "dataset=folder",
+            "dataset.path=big",
+            "dataset.workers=2",
+            "dataset.prepare=digit",
+            *FOLDER_RUN,
+        ],
+        cwd=tmp_path,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, workers = time.monotonic() + 60, []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        workers = children_running_python(process.pid)
+    assert len(workers) >= 2, "the decoding processes never started"
+    time.sleep(1)
+    started = time.monotonic()
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    assert time.monotonic() - started < 5  # not after the processes' current chunks
+    if signum != signal.SIGKILL:
+        assert "Traceback" not in stderr and stderr.strip().endswith(
+            f"interrupted by {'Ctrl-C' if code == 130 else 'SIGTERM'}."
+        )
+        assert not any((tmp_path / "outputs" / "train").rglob("*/.hydra"))
+    time.sleep(2)
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+
+
+def children_running_python(pid: int) -> list:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text and "State:\tZ" not in text:
+            found.append(int(status.parent.name))
+    return found
