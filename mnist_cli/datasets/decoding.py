@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import multiprocessing
 import os
 import signal
@@ -92,14 +91,12 @@ def _write_cache(path: Path, decoded: Decoded) -> None:
     """Store the decoded folder (atomically) and remove the folder's older cache files; failures are ignored."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            images=decoded.images,
-            reasons=np.asarray(decoded.reasons, dtype=str),
-            digests=np.asarray(decoded.digests, dtype=str),
-        )
-        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+        arrays = {
+            "images": decoded.images,
+            "reasons": np.asarray(decoded.reasons, dtype=str),
+            "digests": np.asarray(decoded.digests, dtype=str),
+        }
+        atomic_write(path, lambda f: np.savez(f, **arrays))  # straight to the file: no second copy in memory
         for older in path.parent.glob(f"{path.name.split('-')[0]}-*.npz"):
             if older != path:
                 older.unlink(missing_ok=True)
