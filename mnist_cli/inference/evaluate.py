@@ -81,17 +81,21 @@ def show_report(report: Dict) -> None:
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for row in report["per_class"]:
         per_class.add_row(
-            row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"])
+            escape(row["class"]),
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
         )
     console.console.print(per_class)
     confusion = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     confusion.add_column("")
     for name in report["classes"]:
-        confusion.add_column(name[:7], justify="right")
+        confusion.add_column(escape(name[:7]), justify="right")
     for name, row in zip(report["classes"], report["confusion_matrix"]):
         diagonal = report["classes"].index(name)
         confusion.add_row(
-            name, *(f"[bold]{v}[/bold]" if i == diagonal else (str(v) if v else "·") for i, v in enumerate(row))
+            escape(name), *(f"[bold]{v}[/bold]" if i == diagonal else (str(v) if v else "·") for i, v in enumerate(row))
         )
     console.console.print(confusion)
 
