@@ -76,6 +76,8 @@ CONFIG_MISTAKES = {
     "unknown group key added": ("train", ["+optimizer.betaz=[0.9,0.9]"], "did you mean optimizer.betas?"),
     "eval on an unknown device": ("eval", ["run=latest", "device=tpu"], "device must be one of"),
     "eval gate above 1": ("eval", ["run=latest", "min_accuracy=97"], "min_accuracy must be a fraction in [0, 1]"),
+    "calibration gate above 1": ("eval", ["run=latest", "max_ece=2"], "max_ece must be a fraction in [0, 1]"),
+    "an ensemble of none": ("eval", ["run=latest", "top=0"], "top must be null or at least 1"),
     "eval without a run": ("eval", [], "eval needs run="),
     "predict with batch size 0": (
         "predict",
