@@ -1,0 +1,148 @@
+"""Proxies for digits from other hands: MNIST images rotated, sheared, scaled, thickened, thinned or
+elastically deformed, and how trained runs (or ensembles) do on each.
+
+Choose on the proxies built from the validation split (--split val: the runs' own held-out images);
+report on those built from the test split. Each proxy transforms every image once, with a fixed seed,
+so runs are compared on the same images.
+
+    python bench/other_writers.py --split val outputs/multirun/<date>/<time>/0 outputs/multirun/<date>/<time>/1
+    python bench/other_writers.py --split test --ensemble outputs/multirun/<date>/<time>/0,outputs/multirun/<date>/<time>/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+from datetime import date
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from mnist_cli.inference import ensembles
+from mnist_cli.inference.predictions import load_split, predict_logits
+
+
+def _affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(matrices, (len(images), 1, 28, 28), align_corners=False)
+    moved = F.grid_sample(images.unsqueeze(1).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved.squeeze(1).round().clamp(0, 255).to(torch.uint8)
+
+
+def _signs(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
+
+
+def rotated(degrees: float) -> Callable:
+    def make(images, generator):
+        angle = _signs(len(images), generator) * math.radians(degrees)
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(len(images))
+        return _affine(images, torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1))
+
+    return make
+
+
+def sheared(factor: float) -> Callable:
+    def make(images, generator):
+        s, one, zero = _signs(len(images), generator) * factor, torch.ones(len(images)), torch.zeros(len(images))
+        return _affine(images, torch.stack([torch.stack([one, -s, zero], 1), torch.stack([zero, one, zero], 1)], 1))
+
+    return make
+
+
+def scaled(zoom: float) -> Callable:
+    def make(images, generator):
+        inverse, zero = torch.full((len(images),), 1 / zoom), torch.zeros(len(images))
+        return _affine(
+            images, torch.stack([torch.stack([inverse, zero, zero], 1), torch.stack([zero, inverse, zero], 1)], 1)
+        )
+
+    return make
+
+
+def stroke(thicker: bool) -> Callable:
+    def make(images, generator):
+        x = images.unsqueeze(1).float()
+        out = F.max_pool2d(x, 3, stride=1, padding=1) if thicker else -F.max_pool2d(-x, 3, stride=1, padding=1)
+        return out.squeeze(1).to(torch.uint8)
+
+    return make
+
+
+def elastic(alpha: float = 34.0, sigma: float = 4.0) -> Callable:
+    """Simard et al.'s elastic distortion: a random displacement field smoothed by a Gaussian of `sigma`
+    pixels and scaled by `alpha` pixels."""
+
+    def make(images, generator):
+        n = len(images)
+        field = torch.rand(n, 2, 28, 28, generator=generator) * 2 - 1
+        radius = int(3 * sigma)
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        field = F.conv2d(field.reshape(-1, 1, 28, 28), kernel.view(1, 1, 1, -1), padding=(0, radius))
+        field = F.conv2d(field, kernel.view(1, 1, -1, 1), padding=(radius, 0)).reshape(n, 2, 28, 28)
+        base = F.affine_grid(torch.eye(2, 3).expand(n, 2, 3), (n, 1, 28, 28), align_corners=False)
+        grid = base + field.permute(0, 2, 3, 1) * alpha * (2 / 28)
+        moved = F.grid_sample(
+            images.unsqueeze(1).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        return moved.squeeze(1).round().clamp(0, 255).to(torch.uint8)
+
+    return make
+
+
+PROXIES: Dict[str, Callable] = {
+    "rotated ±25°": rotated(25),
+    "sheared ±0.4": sheared(0.4),
+    "smaller ×0.7": scaled(0.7),
+    "larger ×1.25": scaled(1.25),
+    "thicker (3x3 dilation)": stroke(True),
+    "thinner (3x3 erosion)": stroke(False),
+    "elastic (α 34, σ 4)": elastic(),
+}
+
+
+def accuracies(runs: List[str], split: str) -> Dict[str, float]:
+    cfg = OmegaConf.create(
+        {
+            "run": runs if len(runs) > 1 else runs[0],
+            "top": None,
+            "outputs_dir": "outputs",
+            "split": split,
+            "data": {"root": None, "download": False},
+        }
+    )
+    device = torch.device("cpu")
+    trained = ensembles.load_model(cfg, device)
+    data = load_split(trained, cfg, device)
+    result = {split: (predict_logits(trained, data.images, 1000).argmax(1) == data.labels).double().mean().item()}
+    for name, make in PROXIES.items():
+        images = make(data.images, torch.Generator().manual_seed(0))
+        result[name] = (predict_logits(trained, images, 1000).argmax(1) == data.labels).double().mean().item()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders; with --ensemble, comma-separated groups")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--ensemble", action="store_true", help="each argument is A,B,C: one ensemble")
+    args = parser.parse_args()
+    rows = {name: accuracies(name.split(",") if args.ensemble else [name], args.split) for name in args.runs}
+    columns = list(next(iter(rows.values())))
+    print("| run | " + " | ".join(columns) + " | mean of the proxies |")
+    print("|---|" + "---:|" * (len(columns) + 1))
+    for name, result in rows.items():
+        proxies = [v for k, v in result.items() if k != args.split]
+        cells = " | ".join(f"{v:.2%}" for v in result.values())
+        print(f"| {name} | {cells} | {sum(proxies) / len(proxies):.2%} |")
+    print(
+        f"\n{platform.machine()}, torch {torch.__version__}, {date.today()}; proxies from the {args.split} split, seed 0"
+    )
+
+
+if __name__ == "__main__":
+    main()
