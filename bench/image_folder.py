@@ -6,9 +6,12 @@ data.val_size and data.split_seed, and <index> is the image's position in its ID
 `dataset.prepare=resize` then trains on the very pixels, and validates on the very images, the IDX run does.
 
 `decode` times reading the folder as `mnist train` does: cold (no cache) and again with the cache.
+`compare` checks that the folder run's splits hold the very images and labels of the IDX run's splits
+(as multisets: the folder's are in class order), and compares the two normalisations.
 
     python bench/image_folder.py write --data-root ../shared/data --dataset mnist --out /tmp/mnist-png
     python bench/image_folder.py decode --path /tmp/mnist-png
+    python bench/image_folder.py compare --path /tmp/mnist-png --data-root ../shared/data --dataset mnist
     mnist train -m dataset=folder dataset.path=/tmp/mnist-png dataset.prepare=resize seed=0,1,2
     mnist train -m dataset=mnist seed=0,1,2
 """
@@ -67,6 +70,34 @@ def decode(path: Path) -> None:
     )
 
 
+def _rows(split, classes) -> list:
+    """A split's (class name, image bytes) pairs, sorted: equal for two splits that hold the same images (the
+    folder numbers its classes in name order, the IDX set in its own)."""
+    names = [name.replace("/", "-") for name in classes]  # as write() names the folders
+    return sorted(zip((names[i] for i in split.labels.tolist()), (bytes(image.numpy()) for image in split.images)))
+
+
+def compare(path: Path, data_root: str, dataset: str) -> None:
+    import torch
+
+    from mnist_cli.training.data import load_train_data
+
+    idx_cfg = compose("train", [f"dataset={dataset}", f"data.root={data_root}", "data.download=false"])
+    folder_cfg = compose("train", ["dataset=folder", f"dataset.path={path}", "dataset.prepare=resize"])
+    idx = load_train_data(idx_cfg, torch.device("cpu"))
+    folder = load_train_data(folder_cfg, torch.device("cpu"))
+    for name in ("train", "val"):
+        same = _rows(getattr(idx, name), idx.classes) == _rows(getattr(folder, name), folder.classes)
+        print(
+            f"{name}: {len(getattr(idx, name)):,} IDX images, {len(getattr(folder, name)):,} folder images, "
+            f"the same images and labels: {same}"
+        )
+    print(
+        f"normalisation: IDX config mean {idx.mean:.4f} std {idx.std:.4f}; folder measured mean {folder.mean:.4f} "
+        f"std {folder.std:.4f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,9 +107,15 @@ def main() -> None:
     writing.add_argument("--out", type=Path, required=True)
     timing = commands.add_parser("decode")
     timing.add_argument("--path", type=Path, required=True)
+    checking = commands.add_parser("compare")
+    checking.add_argument("--path", type=Path, required=True)
+    checking.add_argument("--data-root", required=True)
+    checking.add_argument("--dataset", default="mnist")
     args = parser.parse_args()
     if args.command == "write":
         write(args.data_root, args.dataset, args.out)
+    elif args.command == "compare":
+        compare(args.path, args.data_root, args.dataset)
     else:
         decode(args.path)
 
