@@ -102,7 +102,7 @@ def test_tensorboard_shows_every_epoch_scalar_of_metrics_jsonl_and_evals_picture
     report = json.loads(evaluated.stdout)
     events = scalars(run / "tb" / "eval")
     assert events.Scalars("eval/test_accuracy")[-1].value == pytest.approx(report["accuracy"], rel=1e-6)
-    assert sorted(events.Tags()["images"]) == ["eval/test_confusion", "eval/test_errors"]
+    assert sorted(events.Tags()["images"]) == ["eval/test_calibration", "eval/test_confusion", "eval/test_errors"]
 
 
 @pytest.mark.slow
@@ -133,6 +133,7 @@ def test_the_mlflow_store_holds_the_runs_config_metrics_and_files(tmp_path, cli_
     assert found.data.metrics["eval/test_accuracy"] == json.loads(evaluated.stdout)["accuracy"]
     assert sorted(a.path for a in client.list_artifacts(found.info.run_id, "eval")) == [
         "eval/test.json",
+        "eval/test_calibration.png",
         "eval/test_confusion.png",
         "eval/test_errors.png",
     ]
