@@ -61,7 +61,7 @@ def decode(path: Path) -> None:
             started = time.perf_counter()
             data = image_folder.load(cfg)
             seconds = time.perf_counter() - started
-            print(f"| {what} | {len(data.rows):,} | {seconds:.1f} s |")
+            print(f"| {what} | {len(data.reasons):,} | {seconds:.1f} s |")
     finally:
         shutil.rmtree(cache)
     print(
