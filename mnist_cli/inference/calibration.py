@@ -81,3 +81,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             b = low + ratio * (high - low)
             nll_b = nll(b)
     return math.exp((low + high) / 2)
+
+
+def at_a_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits at the edge of the search (within 1%): no minimum was found inside,
+    and the number is the range's, not the model's."""
+    low, high = (math.exp(edge) for edge in LOG_T_RANGE)
+    return temperature <= low * 1.01 or temperature >= high / 1.01

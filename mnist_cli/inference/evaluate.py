@@ -21,7 +21,7 @@ from rich.markup import escape
 from mnist_cli import console
 from mnist_cli.errors import UserError, WriteFailed
 from mnist_cli.inference import ensembles
-from mnist_cli.inference.calibration import calibration_report, fit_temperature
+from mnist_cli.inference.calibration import at_a_bound, calibration_report, fit_temperature
 from mnist_cli.inference.predictions import load_split, precision, predict_logits
 from mnist_cli.runs import figures
 from mnist_cli.runs.atomic import write_json
@@ -175,6 +175,12 @@ def calibrate(trained, cfg: DictConfig, device) -> float:
     val = load_split(trained, OmegaConf.merge(cfg, {"split": "val"}), device)
     raw = predict_logits(trained, val.images, cfg.batch_size, calibrated=False)
     temperature = fit_temperature(raw, val.labels)
+    if at_a_bound(temperature):
+        raise UserError(
+            f"calibrate=true found no temperature: the validation NLL keeps falling up to the search's bound "
+            f"(T={temperature:.3g}), as it does when the model makes no confident mistakes on those {len(val)} "
+            "images; nothing was stored."
+        )
     before, after = calibration_report(raw, val.labels), calibration_report(raw / temperature, val.labels)
     record = {
         "temperature": temperature,
