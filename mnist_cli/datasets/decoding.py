@@ -131,9 +131,13 @@ def _decode(paths: List[str], how: str, workers: int) -> Decoded:
     decoded = Decoded(np.zeros((len(paths), 28, 28), dtype=np.uint8), [""] * len(paths), [""] * len(paths))
     starts = range(0, len(paths), CHUNK)
     with console.batch_progress("decoding images", len(paths)) as advance:
-        if workers <= 1 or len(paths) < IN_PROCESS_BELOW:
-            for start in starts:
+
+        def here(chunk_starts) -> None:  # decode in this process
+            for start in chunk_starts:
                 advance(decoded.add(start, prepare_many(paths[start : start + CHUNK], how)))
+
+        if workers <= 1 or len(paths) < IN_PROCESS_BELOW:
+            here(starts)
             return decoded
         context = multiprocessing.get_context("spawn")  # a fork of a process holding torch's threads may hang
         done = set()
@@ -150,8 +154,7 @@ def _decode(paths: List[str], how: str, workers: int) -> Decoded:
             pool.shutdown()
         except BrokenProcessPool as error:  # a process killed (out of memory?) or unable to start
             _tell(f"note: a decoding process stopped ({error}); decoding the rest in this process")
-            for start in (s for s in starts if s not in done):
-                advance(decoded.add(start, prepare_many(paths[start : start + CHUNK], how)))
+            here([s for s in starts if s not in done])
     return decoded
 
 

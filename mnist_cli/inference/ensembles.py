@@ -55,16 +55,22 @@ class EnsembleModel(torch.nn.Module):
         self.exporting = False  # an export computes in float32 throughout, as single exports do
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        total = None
+        logits = []
         for i, model in enumerate(self.members):
             with autocast(images.device, "fp32" if self.exporting else self.precisions[i]):  # as each member trained
-                logits = model((images - self.means[i]) / self.stds[i]).float()
-            probabilities = (logits / self.temperatures[i]).softmax(1)
-            total = probabilities if total is None else total + probabilities
-        return (total / len(self.members)).clamp_min(1e-30).log()
+                logits.append(model((images - self.means[i]) / self.stds[i]).float() / self.temperatures[i])
+        return combined(logits)
 
 
-def member_paths(run, top, outputs_dir: str) -> List[str]:
+def combined(member_logits: List[torch.Tensor]) -> torch.Tensor:
+    """The ensemble's logits from its members' (temperature applied): the log of their mean probabilities."""
+    total = member_logits[0].softmax(1)
+    for logits in member_logits[1:]:
+        total = total + logits.softmax(1)
+    return (total / len(member_logits)).clamp_min(1e-30).log()
+
+
+def member_paths(run, top) -> List[str]:
     """The runs `run` names: itself, each entry of a list, or the best `top` runs below a sweep folder."""
     if isinstance(run, (list, ListConfig)):
         if top is not None:
@@ -111,7 +117,7 @@ def _refuse_mismatch(members: List[Trained], names: List[str]) -> None:
 def load_model(cfg: DictConfig, device: torch.device) -> Trained:
     """The model cfg.run names: one run as load_trained gives it, or an ensemble of several as one Trained
     (mean 0 and std 1: EnsembleModel normalises for each member; `members` lists them)."""
-    names = member_paths(cfg.run, cfg.get("top"), cfg.outputs_dir)
+    names = member_paths(cfg.run, cfg.get("top"))
     members = [load_trained(name, cfg.outputs_dir, device) for name in names]
     if len(members) == 1:
         return members[0]

@@ -109,8 +109,12 @@ def evaluate_command(cfg: DictConfig) -> int:
     split = load_split(trained, cfg, device)  # first: a split the run lacks is refused before anything is stored
     if cfg.calibrate:
         trained.temperature = calibrate(trained, cfg, device)
-    logits = predict_logits(trained, split.images, cfg.batch_size)
     ensemble = bool(trained.members)
+    if ensemble:  # each member once: its own accuracy below, and the ensemble's from the same logits
+        member_logits = [predict_logits(m, split.images, cfg.batch_size) for m in trained.members]
+        logits = ensembles.combined(member_logits)
+    else:
+        logits = predict_logits(trained, split.images, cfg.batch_size)
     report = {
         "run": None if ensemble else str(trained.run_dir),
         "checkpoint": None if ensemble else str(trained.checkpoint_path.resolve()),  # absolute, as "run" is
@@ -128,12 +132,9 @@ def evaluate_command(cfg: DictConfig) -> int:
             {
                 "run": str(m.run_dir),
                 "checkpoint": str(m.checkpoint_path.resolve()),
-                "accuracy": (predict_logits(m, split.images, cfg.batch_size).argmax(1) == split.labels)
-                .double()
-                .mean()
-                .item(),
+                "accuracy": (own.argmax(1) == split.labels).double().mean().item(),
             }
-            for m in trained.members
+            for m, own in zip(trained.members, member_logits)
         ]
     accurate = cfg.min_accuracy is None or report["accuracy"] >= cfg.min_accuracy
     honest = cfg.max_ece is None or report["calibration"]["ece"] <= cfg.max_ece

@@ -11,20 +11,28 @@ from typing import Iterator, Optional
 
 
 @contextmanager
+def _handled(signum: int, handler) -> Iterator[Optional[object]]:
+    """Install `handler` for `signum` while the block runs; yields the handler it replaced (None outside the
+    main thread, where signals are left alone)."""
+    try:
+        previous = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        yield None
+        return
+    try:
+        yield previous
+    finally:
+        signal.signal(signum, previous)
+
+
+@contextmanager
 def ctrl_c_held() -> Iterator[None]:
     """Hold a Ctrl-C until the block ends, then act on it as before the block. For importing torch: its C++
     start-up imports numpy and clears any error there, a KeyboardInterrupt included, which leaves a
     half-imported numpy behind (a traceback minutes later instead of exit 130)."""
     held = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
-    except ValueError:  # not the main thread: leave signals alone
+    with _handled(signal.SIGINT, lambda signum, _frame: held.append(signum)) as previous:
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if held and callable(previous):
         previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
 
@@ -41,15 +49,8 @@ def sigterm_stops() -> Iterator[None]:
     def stop(_signum, _frame):
         raise Terminated()
 
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave signals alone
+    with _handled(signal.SIGTERM, stop):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class StopRequest:
