@@ -89,12 +89,13 @@ def member_paths(run, top) -> List[str]:
     return best_runs(folder, top)
 
 
-def best_runs(folder: Path, top: int, ranked_by: str = RANKED_BY) -> List[str]:
-    """The best `top` completed runs below `folder`, as the leaderboard ranks them by `ranked_by`."""
+def best_runs(folder: Path, top: int, ranked_by: str = RANKED_BY, asked_as: str = "top") -> List[str]:
+    """The best `top` completed runs below `folder`, as the leaderboard ranks them by `ranked_by`;
+    `asked_as` names the key the user gave the number with."""
     records = leaderboard.rank([leaderboard.run_record(p) for p in find_runs(folder)], ranked_by)
     finished = [r for r in records if r["status"] == "completed"]
     if len(finished) < top:
-        raise UserError(f"{folder} holds {len(finished)} completed runs, fewer than top={top}.")
+        raise UserError(f"{folder} holds {len(finished)} completed runs, fewer than {asked_as}={top}.")
     return [r["run"] for r in finished[:top]]
 
 
@@ -158,7 +159,7 @@ def leaderboard_row(folder: Path, top: int, ranked_by: str) -> dict:
     checkpoints), the other columns empty; run names it, `ensemble_of` lists the members."""
     from mnist_cli.inference.predictions import load_split, predict_logits
 
-    runs = best_runs(folder, top, ranked_by)
+    runs = best_runs(folder, top, ranked_by, asked_as="ensemble")
     cfg = OmegaConf.create(
         {"run": runs, "top": None, "outputs_dir": "outputs", "split": "val", "data": {"root": None, "download": False}}
     )

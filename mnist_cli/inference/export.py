@@ -207,9 +207,11 @@ def export_command(cfg: DictConfig) -> int:
     console.say(
         f"checked in its runtime: max abs difference from the model's logits {difference:.2g} on {sum(CHECK_BATCHES)} random images"
     )
-    if precision(trained) != "fp32":  # eval, predict and serve run it in the run's precision; the file is float32
+    autocast = sorted({precision(m) for m in trained.members or [trained]} - {"fp32"})
+    if autocast:  # eval, predict and serve run each model in its run's precision; the file is float32
+        which = "the run trained" if not trained.members else "members trained"
         console.say(
-            f"the file computes in float32, while the run trained (and mnist eval runs it) in {precision(trained)} autocast: "
+            f"the file computes in float32, while {which} (and mnist eval runs them) in {autocast[0]} autocast: "
             "its accuracy may differ slightly."
         )
     return 0

@@ -110,6 +110,18 @@ def test_an_exported_ensemble_gives_the_mean_of_its_members_exports(sweep, cli_e
     assert np.allclose(ensemble, (first + second) / 2, atol=1e-5)
 
 
+def test_an_export_says_it_computes_in_float32_when_a_member_trained_in_bf16(sweep, cli_env):
+    work, folder, _ = sweep
+    result = run_mnist("train", *TINY, "precision=bf16", cwd=work, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    bf16 = work / result.stdout.strip().splitlines()[-1]
+    result = run_mnist("export", f"run=[{folder}/0,{bf16}]", f"output={work}/mixed.pt2", cwd=work, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "float32, while members trained (and mnist eval runs them) in bf16 autocast" in result.stdout
+    result = run_mnist("export", f"run=[{folder}/0,{folder}/1]", f"output={work}/plain.pt2", cwd=work, env=cli_env)
+    assert result.returncode == 0 and "float32, while" not in result.stdout
+
+
 def test_predict_and_serve_take_an_ensemble_and_agree(sweep, cli_env, data_root):
     from PIL import Image
     from starlette.testclient import TestClient
@@ -145,3 +157,5 @@ def test_report_shows_the_ensemble_of_a_sweeps_best_runs_as_eval_measures_it(swe
     measured = run_mnist("eval", f"run={folder}", "top=2", "split=val", "format=json", cwd=work, env=cli_env)
     assert row["best_val_accuracy"] == pytest.approx(json.loads(measured.stdout)["accuracy"])
     assert [r["best_val_accuracy"] for r in rows] == sorted((r["best_val_accuracy"] for r in rows), reverse=True)
+    beyond = run_mnist("report", str(folder), "ensemble=9", cwd=work, env=cli_env)
+    assert beyond.returncode == 2 and beyond.stderr.strip().endswith("holds 3 completed runs, fewer than ensemble=9.")
