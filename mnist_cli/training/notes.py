@@ -25,9 +25,33 @@ def chance_level(data: TrainData) -> Tuple[float, int]:
     return torch.bincount(labels).max().item() / len(labels), len(labels)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names for the instructions bf16 autocast needs
+
+
+def cpu_has_bf16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text lists an instruction set that computes in bf16."""
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def _slow_bf16(cfg: DictConfig, data: TrainData) -> Optional[str]:
+    if cfg.precision != "bf16" or data.train.images.device.type != "cpu":
+        return None
+    try:
+        cpuinfo = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: nothing to say
+        return None
+    if cpu_has_bf16(cpuinfo):
+        return None
+    return (
+        "precision=bf16 on a CPU without AVX512-BF16 or AMX emulates bf16, which is several times slower "
+        "than fp32 here; add precision=fp32."
+    )
+
+
 def start_notes(cfg: DictConfig, data: TrainData) -> List[str]:
     """Sentences about settings that are taken but are likely not what was meant."""
-    notes = []
+    notes = [note for note in [_slow_bf16(cfg, data)] if note]
     cores = os.cpu_count() or 1
     if cfg.threads is not None and cfg.threads > cores:
         notes.append(

@@ -42,3 +42,19 @@ def test_more_threads_than_cores_and_a_limit_with_no_validation_images_are_said(
     assert result.returncode == 0, result.stderr
     assert f"note: threads={threads} is more than this machine's" in result.stdout
     assert "note: no validation split" in result.stdout
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_said_since_it_is_slower_than_fp32(tmp_path, cli_env):
+    from mnist_cli.training.notes import cpu_has_bf16
+
+    assert cpu_has_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_bf16("flags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: avx512_bf16\n")  # a flag, not a bug line
+    result = run_mnist(
+        "train", "model=mlp", "data.limit=200", "batch_size=50", "epochs=1", "precision=bf16", "device=cpu",
+        cwd=tmp_path, env=cli_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    this_cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+    said = "note: precision=bf16 on a CPU without AVX512-BF16 or AMX" in result.stdout
+    assert said == (this_cpu is not None and not cpu_has_bf16(this_cpu))
