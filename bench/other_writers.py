@@ -7,6 +7,9 @@ so runs are compared on the same images.
 
     python bench/other_writers.py --split val outputs/multirun/<date>/<time>/0 outputs/multirun/<date>/<time>/1
     python bench/other_writers.py --split test --ensemble outputs/multirun/<date>/<time>/0,outputs/multirun/<date>/<time>/1
+
+`--drawn DIR` adds a column for a folder of drawings `DIR/<class>/*.png` (bench/drawn_digits.py writes one with
+the serve page's own pen), each prepared as `mnist serve` and `mnist predict` prepare a file for that run.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import argparse
 import math
 import platform
 from datetime import date
-from typing import Callable, Dict, List
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from mnist_cli.datasets.images import prepare
 from mnist_cli.inference import ensembles
 from mnist_cli.inference.predictions import load_split, predict_logits
 
@@ -105,7 +111,14 @@ PROXIES: Dict[str, Callable] = {
 }
 
 
-def accuracies(runs: List[str], split: str) -> Dict[str, float]:
+def drawn(folder: Path, classes: List[str], how: str):
+    """The drawings in `folder`/<class>/*.png as (uint8 images, labels), prepared by recipe `how`."""
+    files = sorted((path, classes.index(path.parent.name)) for path in folder.glob("*/*.png"))
+    images = torch.from_numpy(np.stack([prepare(path, how) for path, _ in files]))
+    return images, torch.tensor([label for _, label in files])
+
+
+def accuracies(runs: List[str], split: str, drawings: Optional[Path] = None) -> Dict[str, float]:
     cfg = OmegaConf.create(
         {
             "run": runs if len(runs) > 1 else runs[0],
@@ -122,6 +135,11 @@ def accuracies(runs: List[str], split: str) -> Dict[str, float]:
     for name, make in PROXIES.items():
         images = make(data.images, torch.Generator().manual_seed(0))
         result[name] = (predict_logits(trained, images, 1000).argmax(1) == data.labels).double().mean().item()
+    if drawings is not None:
+        images, labels = drawn(drawings, list(trained.config.dataset.classes), trained.config.dataset.prepare)
+        result["drawn (page's pen)"] = (
+            (predict_logits(trained, images, 1000).argmax(1) == labels).double().mean().item()
+        )
     return result
 
 
@@ -130,8 +148,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folders; with --ensemble, comma-separated groups")
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--ensemble", action="store_true", help="each argument is A,B,C: one ensemble")
+    parser.add_argument("--drawn", type=Path, help="a folder of drawings DIR/<class>/*.png (bench/drawn_digits.py)")
     args = parser.parse_args()
-    rows = {name: accuracies(name.split(",") if args.ensemble else [name], args.split) for name in args.runs}
+    rows = {
+        name: accuracies(name.split(",") if args.ensemble else [name], args.split, args.drawn) for name in args.runs
+    }
     columns = list(next(iter(rows.values())))
     print("| run | " + " | ".join(columns) + " | mean of the proxies |")
     print("|---|" + "---:|" * (len(columns) + 1))

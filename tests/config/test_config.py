@@ -190,6 +190,17 @@ def test_a_resumed_run_gets_the_values_of_keys_added_since_from_its_own_options(
         assert defaults_for(stored).model.dropout == 0.2
 
 
+def test_digits_train_rotated_and_zoomed_but_an_mnist_run_from_before_resumes_as_it_trained():
+    augment = compose("train").dataset.augment
+    assert (augment.rotate, augment.scale, augment.shift) == (15.0, 0.15, 2)  # the default since issue 28
+    before = OmegaConf.to_container(compose("train"))
+    before["dataset"]["augment"].update(rotate=0.0, scale=0.0)  # what a run of 2026-12-05 stored
+    assert OmegaConf.merge(defaults_for(before), before).dataset.augment.rotate == 0.0
+    del before["dataset"]["augment"]  # and one from before dataset.augment existed
+    older = OmegaConf.merge(defaults_for(before), before).dataset.augment
+    assert (older.shift, older.rotate, older.scale) == (2, 0.0, 0.0)
+
+
 def test_a_wrong_type_or_an_unknown_key_is_named():
     with pytest.raises(Exception, match="epochs=abc") as wrong:
         compose("train", ["epochs=abc"])
