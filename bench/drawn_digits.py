@@ -1,10 +1,12 @@
-"""Digits drawn with `mnist serve`'s own pen, through a headless browser: a proxy for digits from other hands.
+"""Digits drawn with `mnist serve`'s own pen through a headless browser: the page → preparation → model path.
 
 Each digit 0-9 has one to three stroke templates (how people write it: a 1 with or without its flag, a 4 open
 or closed, a 7 with or without its bar). Every drawing takes a template and gives it its own size, width,
 slant, rotation, place on the canvas and a wobble of every control point, all drawn from a seeded generator,
-then draws it with the mouse on the page's canvas (the page's pen: round, 20 px on 280 px). What the page
-would send is kept: the canvas as a PNG, in `<out>/<digit>/<n>.png`. `bench/other_writers.py --drawn <out>`
+then draws it with the mouse on the page's canvas (the page's pen: round, 20 px on 280 px). Drawn from
+clean templates, they are tidier than people's hands: a check that what the page sends is read right,
+and one proxy beside bench/other_writers.py's transformed images, not a stand-in for other writers.
+What the page would send is kept: the canvas as a PNG, in `<out>/<digit>/<n>.png`. `bench/other_writers.py --drawn <out>`
 then reads that folder with each run's own preparation (the `digit` recipe that serve applies).
 
     python bench/drawn_digits.py --run outputs/train/<date>/<time> --out /tmp/drawn --per-digit 50

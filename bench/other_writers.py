@@ -113,6 +113,9 @@ PROXIES: Dict[str, Callable] = {
 
 def drawn(folder: Path, classes: List[str], how: str):
     """The drawings in `folder`/<class>/*.png as (uint8 images, labels), prepared by recipe `how`."""
+    strays = sorted({path.parent.name for path in folder.glob("*/*.png")} - set(classes))
+    if strays:
+        raise SystemExit(f"{folder}: folders {strays} are not classes of the run ({classes})")
     files = sorted((path, classes.index(path.parent.name)) for path in folder.glob("*/*.png"))
     images = torch.from_numpy(np.stack([prepare(path, how) for path, _ in files]))
     return images, torch.tensor([label for _, label in files])
@@ -153,15 +156,27 @@ def main() -> None:
     rows = {
         name: accuracies(name.split(",") if args.ensemble else [name], args.split, args.drawn) for name in args.runs
     }
+    transformed = [args.split, *PROXIES]  # the drawn column, near its ceiling, stays out of the mean
     columns = list(next(iter(rows.values())))
-    print("| run | " + " | ".join(columns) + " | mean of the proxies |")
-    print("|---|" + "---:|" * (len(columns) + 1))
-    for name, result in rows.items():
-        proxies = [v for k, v in result.items() if k != args.split]
-        cells = " | ".join(f"{v:.2%}" for v in result.values())
-        print(f"| {name} | {cells} | {sum(proxies) / len(proxies):.2%} |")
     print(
-        f"\n{platform.machine()}, torch {torch.__version__}, {date.today()}; proxies from the {args.split} split, seed 0"
+        "| run | "
+        + " | ".join(transformed)
+        + f" | mean of the {len(PROXIES)} | "
+        + " | ".join(columns[len(transformed) :])
+        + " |"
+    )
+    print("|---|" + "---:|" * len(columns) + "---:|")
+    for name, result in rows.items():
+        mean = sum(result[k] for k in PROXIES) / len(PROXIES)
+        cells = (
+            [f"{result[k]:.2%}" for k in transformed]
+            + [f"{mean:.2%}"]
+            + [f"{result[k]:.2%}" for k in columns[len(transformed) :]]
+        )
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(
+        f"\n{platform.machine()}, torch {torch.__version__}, {date.today()}; proxies transformed from the "
+        f"{args.split} split with seed 0" + (f"; drawn: {args.drawn}" if args.drawn else "")
     )
 
 

@@ -207,11 +207,12 @@ def export_command(cfg: DictConfig) -> int:
     console.say(
         f"checked in its runtime: max abs difference from the model's logits {difference:.2g} on {sum(CHECK_BATCHES)} random images"
     )
-    autocast = sorted({precision(m) for m in trained.members or [trained]} - {"fp32"})
+    models = trained.members or [trained]
+    autocast = [precision(m) for m in models if precision(m) != "fp32"]
     if autocast:  # eval, predict and serve run each model in its run's precision; the file is float32
-        which = "the run trained" if not trained.members else "members trained"
+        which = "the run" if not trained.members else f"{len(autocast)} of its {len(models)} members"
         console.say(
-            f"the file computes in float32, while {which} (and mnist eval runs them) in {autocast[0]} autocast: "
-            "its accuracy may differ slightly."
+            f"the file computes in float32, while {which} trained (and mnist eval runs "
+            f"{'it' if len(autocast) == 1 else 'them'}) in {autocast[0]} autocast: its accuracy may differ slightly."
         )
     return 0

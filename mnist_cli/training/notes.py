@@ -25,13 +25,13 @@ def chance_level(data: TrainData) -> Tuple[float, int]:
     return torch.bincount(labels).max().item() / len(labels), len(labels)
 
 
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names for the instructions bf16 autocast needs
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo's names: x86 "flags", ARM "Features"
 
 
 def cpu_has_bf16(cpuinfo: str) -> bool:
     """Whether /proc/cpuinfo's text lists an instruction set that computes in bf16."""
-    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    lines = [line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))]
+    return any(flag in BF16_CPU_FLAGS for line in lines for flag in line.split())
 
 
 def _slow_bf16(cfg: DictConfig, data: TrainData) -> Optional[str]:
@@ -44,8 +44,8 @@ def _slow_bf16(cfg: DictConfig, data: TrainData) -> Optional[str]:
     if cpu_has_bf16(cpuinfo):
         return None
     return (
-        "precision=bf16 on a CPU without AVX512-BF16 or AMX emulates bf16, which is several times slower "
-        "than fp32 here; add precision=fp32."
+        "precision=bf16 on a CPU without AVX512-BF16 or AMX emulates bf16, which can be several times slower "
+        "than fp32; add precision=fp32."
     )
 
 

@@ -117,7 +117,9 @@ def test_an_export_says_it_computes_in_float32_when_a_member_trained_in_bf16(swe
     bf16 = work / result.stdout.strip().splitlines()[-1]
     result = run_mnist("export", f"run=[{folder}/0,{bf16}]", f"output={work}/mixed.pt2", cwd=work, env=cli_env)
     assert result.returncode == 0, result.stderr
-    assert "float32, while members trained (and mnist eval runs them) in bf16 autocast" in result.stdout
+    assert "float32, while 1 of its 2 members trained (and mnist eval runs it) in bf16 autocast" in result.stdout
+    result = run_mnist("export", f"run={bf16}", f"output={work}/single.pt2", cwd=work, env=cli_env)
+    assert "float32, while the run trained (and mnist eval runs it) in bf16 autocast" in result.stdout
     result = run_mnist("export", f"run=[{folder}/0,{folder}/1]", f"output={work}/plain.pt2", cwd=work, env=cli_env)
     assert result.returncode == 0 and "float32, while" not in result.stdout
 

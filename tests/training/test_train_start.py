@@ -50,6 +50,8 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_said_since_it_is_slower_than
     assert cpu_has_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
     assert cpu_has_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
     assert not cpu_has_bf16("flags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: avx512_bf16\n")  # a flag, not a bug line
+    assert cpu_has_bf16("Features\t: fp asimd sve bf16 i8mm\n")  # ARM (Neoverse V1) says it here
+    assert not cpu_has_bf16("Features\t: fp asimd evtstrm aes\n")
     result = run_mnist(
         "train", "model=mlp", "data.limit=200", "batch_size=50", "epochs=1", "precision=bf16", "device=cpu",
         cwd=tmp_path, env=cli_env,
