@@ -10,6 +10,7 @@ What the page would send is kept: the canvas as a PNG, in `<out>/<digit>/<n>.png
 then reads that folder with each run's own preparation (the `digit` recipe that serve applies).
 
     python bench/drawn_digits.py --run outputs/train/<date>/<time> --out /tmp/drawn --per-digit 50
+    python bench/drawn_digits.py --run outputs/train/<date>/<time> --out /tmp/messy --per-digit 30 --spread 2
 
 Needs playwright (the dev extra) and Chromium at /usr/bin/chromium (Debian's `chromium`).
 """
@@ -144,10 +145,10 @@ def _curve(points: List[Point], per_segment: int = 8) -> Stroke:
     return out
 
 
-def drawing(digit: int, rng: random.Random) -> List[Stroke]:
+def drawing(digit: int, rng: random.Random, spread: float = 1.0) -> List[Stroke]:
     """One drawing of `digit` in canvas pixels (280 x 280): a template, wobbled, sized, slanted, rotated, placed."""
     template = rng.choice(TEMPLATES[digit])
-    wobble = rng.uniform(0.0, 0.05)
+    wobble = rng.uniform(0.0, 0.05 * spread)
     strokes = []
     for control in template:
         if control == "ellipse":
@@ -160,7 +161,7 @@ def drawing(digit: int, rng: random.Random) -> List[Stroke]:
         strokes.append(_curve(moved))
     height = rng.uniform(0.4, 0.85) * 280
     width = height * rng.uniform(0.45, 0.85)
-    slant, angle = rng.uniform(-0.35, 0.35), math.radians(rng.uniform(-12, 12))
+    slant, angle = rng.uniform(-0.35, 0.35) * spread, math.radians(rng.uniform(-12, 12) * spread)
     placed = []
     for stroke in strokes:
         points = []
@@ -204,6 +205,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--per-digit", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--spread", type=float, default=1.0, help="wobble, slant and rotation times this: 2 for messier hands"
+    )
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     from playwright.sync_api import expect, sync_playwright
@@ -221,7 +225,7 @@ def main() -> None:
             for n in range(args.per_digit):
                 for digit in range(10):
                     page.click("#clear")
-                    for stroke in drawing(digit, rng):
+                    for stroke in drawing(digit, rng, args.spread):
                         page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
                         page.mouse.down()
                         for x, y in stroke[1:]:
