@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
@@ -38,7 +39,7 @@ def _slow_bf16(cfg: DictConfig, data: TrainData) -> Optional[str]:
     if cfg.precision != "bf16" or data.train.images.device.type != "cpu":
         return None
     try:
-        cpuinfo = open("/proc/cpuinfo").read()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: nothing to say
         return None
     if cpu_has_bf16(cpuinfo):
