@@ -24,7 +24,6 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from mnist_cli.datasets.images import prepare
 from mnist_cli.inference import ensembles
@@ -122,27 +121,21 @@ def drawn(folder: Path, classes: List[str], how: str):
 
 
 def accuracies(runs: List[str], split: str, drawings: Optional[Path] = None) -> Dict[str, float]:
-    cfg = OmegaConf.create(
-        {
-            "run": runs if len(runs) > 1 else runs[0],
-            "top": None,
-            "outputs_dir": "outputs",
-            "split": split,
-            "data": {"root": None, "download": False},
-        }
-    )
+    cfg = ensembles.config_for(runs, split)
     device = torch.device("cpu")
     trained = ensembles.load_model(cfg, device)
     data = load_split(trained, cfg, device)
-    result = {split: (predict_logits(trained, data.images, 1000).argmax(1) == data.labels).double().mean().item()}
+
+    def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+        return (predict_logits(trained, images, 1000).argmax(1) == labels).double().mean().item()
+
+    result = {split: accuracy(data.images, data.labels)}
     for name, make in PROXIES.items():
         images = make(data.images, torch.Generator().manual_seed(0))
-        result[name] = (predict_logits(trained, images, 1000).argmax(1) == data.labels).double().mean().item()
+        result[name] = accuracy(images, data.labels)
     if drawings is not None:
         images, labels = drawn(drawings, list(trained.config.dataset.classes), trained.config.dataset.prepare)
-        result["drawn (page's pen)"] = (
-            (predict_logits(trained, images, 1000).argmax(1) == labels).double().mean().item()
-        )
+        result["drawn (page's pen)"] = accuracy(images, labels)
     return result
 
 

@@ -153,6 +153,20 @@ def describe(trained: Trained) -> str:
     return f"an ensemble of {len(trained.members)} runs"
 
 
+def config_for(runs: List[str], split: str) -> DictConfig:
+    """The eval config load_model and load_split need for `runs` (one run or an ensemble) on `split`, for
+    callers outside a command: report's ensemble row, the benchmarks."""
+    return OmegaConf.create(
+        {
+            "run": runs if len(runs) > 1 else runs[0],
+            "top": None,
+            "outputs_dir": "outputs",
+            "split": split,
+            "data": {"root": None, "download": False},
+        }
+    )
+
+
 def leaderboard_row(folder: Path, top: int, ranked_by: str) -> dict:
     """A leaderboard record for the ensemble of the best `top` runs below `folder`: its accuracy and loss on
     the members' shared validation split as best_val_accuracy / best_val_loss (the members' best
@@ -160,9 +174,7 @@ def leaderboard_row(folder: Path, top: int, ranked_by: str) -> dict:
     from mnist_cli.inference.predictions import load_split, predict_logits
 
     runs = best_runs(folder, top, ranked_by, asked_as="ensemble")
-    cfg = OmegaConf.create(
-        {"run": runs, "top": None, "outputs_dir": "outputs", "split": "val", "data": {"root": None, "download": False}}
-    )
+    cfg = config_for(runs, "val")
     device = torch.device("cpu")
     trained = load_model(cfg, device)
     split = load_split(trained, cfg, device)

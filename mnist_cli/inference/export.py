@@ -208,7 +208,7 @@ def export_command(cfg: DictConfig) -> int:
         f"checked in its runtime: max abs difference from the model's logits {difference:.2g} on {sum(CHECK_BATCHES)} random images"
     )
     models = trained.members or [trained]
-    autocast = [precision(m) for m in models if precision(m) != "fp32"]
+    autocast = [p for p in map(precision, models) if p != "fp32"]
     if autocast:  # eval, predict and serve run each model in its run's precision; the file is float32
         which = "the run" if not trained.members else f"{len(autocast)} of its {len(models)} members"
         console.say(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,20 +114,15 @@ def test_calibrate_fits_on_val_stores_the_temperature_and_every_command_uses_it(
         assert [r["confidence"] for r in old] != [r["confidence"] for r in new]
 
 
-def test_calibrate_without_a_validation_split_and_a_damaged_calibration_file_are_one_sentence(tmp_path, cli_env):
-    result = run_mnist(
-        "train",
-        "model=mlp",
-        "epochs=1",
-        "data.limit=300",
-        "data.val_size=0",
-        "batch_size=50",
-        "device=cpu",
-        cwd=tmp_path,
-        env=cli_env,
-    )
+def tiny_run(workdir, env, *overrides: str) -> Path:
+    """The run folder of an mlp trained in `workdir` with `overrides` (batch 50, CPU)."""
+    result = run_mnist("train", "model=mlp", *overrides, "batch_size=50", "device=cpu", cwd=workdir, env=env)
     assert result.returncode == 0, result.stderr
-    run = tmp_path / result.stdout.strip().splitlines()[-1]
+    return workdir / result.stdout.strip().splitlines()[-1]
+
+
+def test_calibrate_without_a_validation_split_and_a_damaged_calibration_file_are_one_sentence(tmp_path, cli_env):
+    run = tiny_run(tmp_path, cli_env, "epochs=1", "data.limit=300", "data.val_size=0")
     result = run_mnist("eval", "run=latest", "calibrate=true", cwd=tmp_path, env=cli_env)
     assert result.returncode == 2 and "has no validation split" in result.stderr
     assert not (run / "calibration.json").exists()
@@ -139,19 +135,7 @@ def test_calibrate_without_a_validation_split_and_a_damaged_calibration_file_are
 
 
 def test_a_validation_split_without_mistakes_stores_no_temperature_at_the_search_bound(tmp_path, cli_env):
-    result = run_mnist(
-        "train",
-        "model=mlp",
-        "epochs=3",
-        "data.limit=700",
-        "data.val_size=60",
-        "batch_size=50",
-        "device=cpu",
-        cwd=tmp_path,
-        env=cli_env,
-    )
-    assert result.returncode == 0, result.stderr
-    run = tmp_path / result.stdout.strip().splitlines()[-1]
+    run = tiny_run(tmp_path, cli_env, "epochs=3", "data.limit=700", "data.val_size=60")
     val = run_mnist("eval", "run=latest", "split=val", "format=json", cwd=tmp_path, env=cli_env)
     if json.loads(val.stdout)["accuracy"] < 1:
         pytest.skip("this tiny run made a validation mistake; the case needs one that makes none")
