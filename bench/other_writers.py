@@ -116,6 +116,8 @@ def drawn(folder: Path, classes: List[str], how: str):
     if strays:
         raise SystemExit(f"{folder}: folders {strays} are not classes of the run ({classes})")
     files = sorted((path, classes.index(path.parent.name)) for path in folder.glob("*/*.png"))
+    if not files:
+        raise SystemExit(f"{folder} holds no drawings <class>/*.png; bench/drawn_digits.py writes them.")
     images = torch.from_numpy(np.stack([prepare(path, how) for path, _ in files]))
     return images, torch.tensor([label for _, label in files])
 
