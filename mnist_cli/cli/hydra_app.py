@@ -80,6 +80,9 @@ def _run_app(run: AppRun) -> int:
     run.stderr.hold()
     try:
         app()
+    except KeyboardInterrupt:  # Ctrl-C after Hydra made the job's folder, before our task's own handler took over
+        _discard_unstarted_job(run)
+        raise  # main says it in one sentence
     except Exception as error:  # Hydra's own usage errors, raised before our task runs
         if run.started:
             raise
@@ -94,6 +97,15 @@ def _run_app(run: AppRun) -> int:
         sys.argv = saved_argv
         run.stderr.release()
     return run.exit_code
+
+
+def _discard_unstarted_job(run: AppRun) -> None:
+    """Remove the folder Hydra made for a train or predict job that never started (see discard_unless_resumed)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if HydraConfig.initialized() and OmegaConf.select(HydraConfig.get(), "runtime.output_dir"):
+        run_claim.discard_unless_resumed(run.line.command, run.line.given, HydraConfig.get())
 
 
 def _say_refused(run: AppRun, sentence: str) -> int:
